@@ -1,0 +1,286 @@
+"""The full model and its compressed model (emulator + adapter), sharing every frozen weight.
+
+Nothing here copies the full model. The compressed model is a shell of the same Hugging Face class
+whose embeddings, final norm, rotary embedding and ``lm_head`` *are* the full model's modules, and
+whose decoder layers are structural copies that point at the full model's parameter tensors
+(:func:`share_copy`). LoRA (peft) is injected into the compressed model only; the full model stays
+the untouched teacher. ``full_with_adapter`` is a second shell: the full model's layers with the
+compressed model's adapter layers (base + LoRA, the same tensors) in their places, i.e. the KL
+teacher of the alignment and the AdapFu model of the evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from fedbiot_pl.assets import DEFAULT_MODEL, resolve
+from fedbiot_pl.layer_drop import LayerLayout, layer_layout
+
+Part = Literal["emulator", "adapter", "all"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LAYER_KEY = re.compile(r"\.layers\.(\d+)\.")
+
+
+def share_copy(module: nn.Module) -> nn.Module:
+    """A structural copy of ``module`` whose parameters and buffers are the original tensors."""
+    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (``model.model`` for LLaMA, Mistral, Qwen2) holding ``layers``."""
+    decoder = getattr(model, "model", None)
+    if decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        raise ValueError(
+            f"{type(model).__name__} is not supported: FedBiOT needs a decoder-only causal LM whose "
+            "decoder layers are one nn.ModuleList at `model.model.layers` (LLaMA, Mistral, Qwen2, ...)."
+        )
+    return decoder
+
+
+def _set_layer_index(layer: nn.Module, index: int) -> None:
+    # transformers keys its KV cache by `layer_idx`; renumber every module that carries one.
+    for module in layer.modules():
+        if hasattr(module, "layer_idx"):
+            module.layer_idx = index
+
+
+def assemble(full: nn.Module, layers: list[nn.Module]) -> nn.Module:
+    """A model of ``full``'s class running ``layers``, sharing everything else with ``full``.
+
+    The shell is created on the meta device (no memory, no init), then every module except the
+    decoder layers is replaced by ``full``'s own module. ``config.num_hidden_layers`` (and the
+    per-layer ``layer_types`` of sliding-window models) match the new depth and ``layer_idx`` is
+    renumbered so that the KV cache and ``generate`` work.
+    """
+    indices = [getattr(layer, "_fedbiot_source_index", i) for i, layer in enumerate(layers)]
+    config = copy.deepcopy(full.config)
+    config.num_hidden_layers = len(layers)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [full.config.layer_types[i] for i in indices]
+    with torch.device("meta"):
+        shell = type(full)(config)
+    decoder, full_decoder = decoder_of(shell), decoder_of(full)
+    for name, child in full.named_children():
+        if child is not full_decoder:
+            setattr(shell, name, child)
+    for name, child in full_decoder.named_children():
+        if name != "layers":
+            setattr(decoder, name, child)
+    decoder.layers = nn.ModuleList(layers)
+    for position, layer in enumerate(layers):
+        _set_layer_index(layer, position)
+    shell.generation_config = copy.deepcopy(full.generation_config)
+    leftover = [n for n, t in itertools.chain(shell.named_parameters(), shell.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"{type(full).__name__} has modules the split does not share: {leftover[:5]}")
+    return shell
+
+
+class SplitModel(nn.Module):
+    """FedBiOT's model split: the frozen full LLM, the compressed model and their LoRA.
+
+    The constructor only reads the model's ``config.json`` and checks the split (cheap); weights
+    load in :meth:`build` (called from the LightningModules' ``configure_model``).
+
+    Args:
+        model: Hugging Face hub id, local folder, or ``embedded:models/stories260K``.
+        adapter_layers: decoder layers at the top that form the adapter (the paper: 2 or 4).
+        drop_rate: beta, the fraction of the lower layers dropped to form the emulator (0.2, 0.5).
+        bottom_adapter_layers: adapter layers at the input side (0 for FedBiOT; 2 for FedOT).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA alpha (scaling = alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        lora_targets: names of the linear modules that get LoRA.
+        dtype: dtype of the base weights (LoRA weights stay float32).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        adapter_layers: int = 2,
+        drop_rate: float = 0.2,
+        bottom_adapter_layers: int = 0,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_targets: list[str] | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    ) -> None:
+        super().__init__()
+        self.model_name = model
+        self.lora_r, self.lora_alpha, self.lora_dropout = lora_r, lora_alpha, lora_dropout
+        self.lora_targets = list(lora_targets) if lora_targets is not None else ["q_proj", "v_proj"]
+        self.dtype_name = dtype
+        self._split_args = (adapter_layers, drop_rate, bottom_adapter_layers)
+        self._prebuilt: nn.Module | None = None
+        self.layout: LayerLayout | None = None
+        self.built = False
+        if model != "<in-memory>":
+            self.layout = self._check(self._load_config())
+
+    @classmethod
+    def from_model(cls, full: nn.Module, **kwargs) -> SplitModel:
+        """Split an already loaded model (tests, notebooks); ``kwargs`` as in the constructor."""
+        split = cls(model="<in-memory>", **kwargs)
+        split._prebuilt = full
+        split.layout = split._check(full.config)
+        return split
+
+    def _load_config(self):
+        from transformers import AutoConfig
+
+        path = resolve(self.model_name)
+        return AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
+
+    def _check(self, config) -> LayerLayout:
+        issues = []
+        for name, value, low in (("lora_r", self.lora_r, 1), ("lora_alpha", self.lora_alpha, 1)):
+            if value < low:
+                issues.append(f"{name} must be >= {low}, got {value}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            issues.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if not self.lora_targets:
+            issues.append("lora_targets is empty; name at least one linear module, e.g. [q_proj, v_proj].")
+        if self.dtype_name not in DTYPES:
+            issues.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype_name!r}.")
+        num_layers = getattr(config, "num_hidden_layers", None)
+        if not isinstance(num_layers, int):
+            issues.append(f"the model config of {self.model_name!r} has no integer num_hidden_layers.")
+        layout = None
+        try:
+            layout = layer_layout(num_layers or 0, *self._split_args)
+        except ValueError as error:
+            issues.append(str(error))
+        if issues:
+            raise ValueError(f"Invalid SplitModel for {self.model_name!r}: " + " ".join(issues))
+        return layout
+
+    # ------------------------------------------------------------------ building
+    def build(self, device: torch.device | str | None = None) -> SplitModel:
+        """Load the full model (once), assemble the compressed model and inject LoRA. Idempotent."""
+        if self.built:
+            return self
+        from peft import LoraConfig, get_peft_model
+
+        full = self._prebuilt if self._prebuilt is not None else self._load_full(device)
+        full.requires_grad_(False).eval()
+        layout = self.layout
+        full_layers = decoder_of(full).layers
+        copies = []
+        for index in layout.compressed:
+            layer = share_copy(full_layers[index])
+            layer._fedbiot_source_index = index
+            copies.append(layer)
+        compressed = assemble(full, copies)
+        targets = set(self.lora_targets)
+        present = {name.rsplit(".", 1)[-1] for name, m in copies[0].named_modules() if isinstance(m, nn.Linear)}
+        if not targets <= present:
+            raise ValueError(
+                f"lora_targets {sorted(targets - present)} are not linear modules of a "
+                f"{type(full).__name__} decoder layer; choose from {sorted(present)}."
+            )
+        lora = LoraConfig(
+            task_type="CAUSAL_LM", r=self.lora_r, lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout, target_modules=sorted(targets), bias="none",
+        )
+        self.full = full
+        self.compressed = get_peft_model(compressed, lora)
+        self.lora_config = lora
+        # AdapFu / KL teacher: the full layers with the (shared) adapter layers in their places.
+        layers = list(full_layers)
+        comp_layers = decoder_of(self.compressed.get_base_model()).layers
+        for position in layout.adapter_positions:
+            index = layout.compressed[position]
+            layers[index] = share_copy(comp_layers[position])
+            layers[index]._fedbiot_source_index = index
+        self.full_with_adapter = assemble(full, layers).eval()
+        self._lora = self._collect_lora()
+        self.built = True
+        return self
+
+    def _load_full(self, device: torch.device | str | None) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        path = resolve(self.model_name)
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[self.dtype_name], local_files_only=os.path.isdir(path),
+            device_map=None if device is None else {"": device},
+        )
+
+    def _collect_lora(self) -> dict[str, tuple[int, nn.Parameter]]:
+        """peft state-dict key -> (compressed-layer position, live parameter)."""
+        name = self.compressed.active_adapter
+        found = {}
+        for key, param in self.compressed.named_parameters():
+            if "lora_" in key:
+                match = _LAYER_KEY.search(key)
+                found[key.replace(f".{name}.", ".")] = (int(match.group(1)), param)
+        return found
+
+    # ------------------------------------------------------------------ LoRA state exchange
+    def _positions(self, part: Part) -> set[int]:
+        if part == "emulator":
+            return set(self.layout.emulator_positions)
+        if part == "adapter":
+            return set(self.layout.adapter_positions)
+        return set(range(len(self.layout.compressed)))
+
+    def lora_parameters(self, part: Part) -> dict[str, nn.Parameter]:
+        """The live LoRA parameters of ``part``, keyed like ``peft.get_peft_model_state_dict``."""
+        keep = self._positions(part)
+        return {key: p for key, (pos, p) in self._lora.items() if pos in keep}
+
+    def lora_state(self, part: Part) -> dict[str, Tensor]:
+        """A detached clone of ``part``'s LoRA weights (safe to keep while training goes on)."""
+        return {key: p.detach().clone() for key, p in self.lora_parameters(part).items()}
+
+    @torch.no_grad()
+    def load_lora_state(self, state: dict[str, Tensor]) -> None:
+        """Copy ``state`` (any subset of the LoRA keys) into the live parameters."""
+        unknown = sorted(set(state) - set(self._lora))
+        if unknown:
+            raise KeyError(f"{len(unknown)} keys are not LoRA weights of this split, e.g. {unknown[:3]}")
+        for key, value in state.items():
+            param = self._lora[key][1]
+            if param.shape != value.shape:
+                raise ValueError(f"{key}: expected shape {tuple(param.shape)}, got {tuple(value.shape)}")
+            param.copy_(value)
+
+    def lora_pairs(self, part: Part) -> Iterator[tuple[Tensor, Tensor, float, str]]:
+        """``(A, B, scaling, name)`` for every LoRA module in ``part`` (for the proximal term)."""
+        from peft.tuners.lora import LoraLayer
+
+        keep = self._positions(part)
+        adapter = self.compressed.active_adapter
+        for name, module in self.compressed.named_modules():
+            if isinstance(module, LoraLayer) and int(_LAYER_KEY.search(name).group(1)) in keep:
+                yield module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter], name
+
+    def set_trainable(self, part: Part) -> None:
+        """Only ``part``'s LoRA trains: its layers in train mode, everything else frozen in eval.
+
+        Frozen layers run in eval mode so that LoRA dropout on frozen weights adds no noise.
+        """
+        self.requires_grad_(False)
+        self.eval()
+        layers = decoder_of(self.compressed.get_base_model()).layers
+        for position in self._positions(part):
+            layers[position].train()
+        for param in self.lora_parameters(part).values():
+            param.requires_grad_(True)
+
+    # ------------------------------------------------------------------ layers by role
+    def compressed_layer(self, position: int) -> nn.Module:
+        return decoder_of(self.compressed.get_base_model()).layers[position]
+
+    def full_with_adapter_layer(self, index: int) -> nn.Module:
+        return decoder_of(self.full_with_adapter).layers[index]

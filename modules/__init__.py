@@ -1,0 +1,6 @@
+"""LightningModules: server-side emulator alignment and client-side adapter fine-tuning."""
+
+from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
+from fedbiot_pl.modules.alignment_module import EmulatorAlignmentModule
+
+__all__ = ["AdapterFinetuneModule", "EmulatorAlignmentModule"]
