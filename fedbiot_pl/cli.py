@@ -20,6 +20,7 @@ from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.modules import EmulatorAlignmentModule
 
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "default.yaml"
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
     "logger": lazy_instance(CSVLogger, save_dir="runs", name="fedbiot"),
@@ -51,9 +52,10 @@ def main(args: list[str] | None = None) -> FedBiOTCLI:
     """Run the CLI; with no arguments at all, ``fit`` the embedded default configuration."""
     argv = sys.argv[1:] if args is None else args
     if not argv:
-        default = Path(__file__).resolve().parent / "assets" / "configs" / "default.yaml"
-        print(f"No arguments: running `fit --config {default}` (the embedded default).", file=sys.stderr)
-        argv = ["fit", "--config", str(default)]
+        print(f"No arguments: running `fit --config {DEFAULT_CONFIG}` (the embedded default).", file=sys.stderr)
+        argv = ["fit", "--config", str(DEFAULT_CONFIG)]
+    elif args is None:
+        argv = None  # let LightningCLI read sys.argv itself
     return FedBiOTCLI(
         EmulatorAlignmentModule,
         FederatedInstructionDataModule,

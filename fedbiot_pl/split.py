@@ -7,6 +7,10 @@ whose decoder layers are structural copies that point at the full model's parame
 the untouched teacher. ``full_with_adapter`` is a second shell: the full model's layers with the
 compressed model's adapter layers (base + LoRA, the same tensors) in their places, i.e. the KL
 teacher of the alignment and the AdapFu model of the evaluation.
+
+Read hidden states with forward hooks (:mod:`fedbiot_pl.capture`), not ``output_hidden_states``:
+transformers 5 installs its capture hooks once per model object, so on a layer shared by two of
+these models they fire twice and ``hidden_states`` comes back misaligned (logits are unaffected).
 """
 
 from __future__ import annotations
@@ -79,7 +83,11 @@ def assemble(full: nn.Module, layers: list[nn.Module]) -> nn.Module:
     for position, layer in enumerate(layers):
         _set_layer_index(layer, position)
     shell.generation_config = copy.deepcopy(full.generation_config)
-    leftover = [n for n, t in itertools.chain(shell.named_parameters(), shell.named_buffers()) if t.is_meta]
+    # Every tensor must be full's or the given layers' (identity, so meta-device models work too).
+    shared = {id(t) for m in (full, *layers) for t in itertools.chain(m.parameters(), m.buffers())}
+    leftover = [
+        n for n, t in itertools.chain(shell.named_parameters(), shell.named_buffers()) if id(t) not in shared
+    ]
     if leftover:
         raise RuntimeError(f"{type(full).__name__} has modules the split does not share: {leftover[:5]}")
     return shell

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny randomly initialised decoder-only models built in code (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+)
+
+TINY = dict(
+    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64,
+)
+
+
+def tiny_llama(num_layers: int = 6, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**TINY, "num_hidden_layers": num_layers}))
+
+
+TINY_FAMILIES = {
+    "llama": lambda: tiny_llama(),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**TINY, sliding_window=4)),
+    "qwen2": lambda: Qwen2ForCausalLM(
+        Qwen2Config(**TINY, use_sliding_window=True, sliding_window=4, max_window_layers=3)
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_dtype():
+    torch.manual_seed(0)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def batch() -> dict[str, torch.Tensor]:
+    """Two sequences, the second right-padded by 3 tokens; labels mask the first 4 (prompt) tokens."""
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(3, 128, (2, 12), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    labels = input_ids.clone()
+    labels[:, :4] = -100
+    labels[attention_mask == 0] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

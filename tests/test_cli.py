@@ -1,0 +1,57 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from peft import PeftConfig
+
+from fedbiot_pl.cli import DEFAULT_CONFIG, main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(ROOT.glob("configs/**/*.yaml"))
+
+
+def test_configs_folder_holds_the_default_and_the_paper_recipes():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
+    assert "default.yaml" in names
+    assert {f"llama2-7b/gsm8k-adpt{k}-beta{b}.yaml" for k in (2, 4) for b in (0.2, 0.5)} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses_against_the_cli(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: fedbiot_pl.SplitModel" in printed and "federated:" in printed
+
+
+def test_unknown_key_is_rejected_by_name(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(DEFAULT_CONFIG), "--federated.roundz", "3"])
+    assert exit_info.value.code != 0
+    assert "roundz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_run_writes_metrics_config_checkpoints_and_a_peft_adapter(tmp_path):
+    main([
+        "fit", "--config", str(DEFAULT_CONFIG),
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+        "--federated.rounds", "2", "--federated.pre_alignment_rounds", "1", "--federated.local_steps", "2",
+        "--federated.align_steps", "1", "--data.max_task_examples", "15", "--data.max_public_examples", "10",
+    ])
+    run = tmp_path / "fedbiot" / "version_0"
+    assert (run / "config.yaml").exists()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    client_rows = [r for r in rows if r.get("round/client_loss")]
+    assert len(client_rows) == 2 and all(float(r["client/0/loss"]) > 0 for r in client_rows)
+    assert any(r.get("align/l2") for r in rows) and any(r.get("align/kl") for r in rows)
+    assert float(client_rows[0]["comm/bytes_down"]) == 3 * 4 * 1792 * 4  # 3 clients, 4 layers of LoRA, fp32
+    checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"last.ckpt", "round-epoch=0.ckpt", "round-epoch=2.ckpt"} <= checkpoints
+    adapter = PeftConfig.from_pretrained(str(run / "final_adapter" / "adapfu"))
+    assert adapter.layers_to_transform == [3, 4] and adapter.r == 8
+    split = json.loads((run / "final_adapter" / "split.json").read_text())
+    assert split["emulator"] == [0, 2] and split["top_adapter"] == [3, 4]
