@@ -139,6 +139,15 @@ class FederatedLoop(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._client_module = AdapterFinetuneModule(pl_module.split, **self.client_hparams)
 
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        wanted = self.align_steps * trainer.accumulate_grad_batches
+        if trainer.num_training_batches < wanted:
+            raise ValueError(
+                f"the public data has {trainer.num_training_batches} batches, fewer than align_steps x "
+                f"accumulate_grad_batches = {wanted}; add public examples or lower align_steps."
+            )
+
     # ------------------------------------------------------------------ the round
     def round_index(self, epoch: int) -> int | None:
         """Round of server epoch ``epoch``; ``None`` during pre-alignment."""

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 from typing_extensions import override
 
 from fedbiot_pl.losses import lora_proximal
+from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from fedbiot_pl.split import SplitModel
-from fedbiot_pl.modules.alignment_module import lora_only
 
 
-class AdapterFinetuneModule(LightningModule):
+class AdapterFinetuneModule(LoRAPartModule):
     """Trains the adapter's LoRA of the compressed model with a proximal term.
 
     Loss per batch: the causal-LM cross-entropy on response tokens (labels of prompt and padding
@@ -36,6 +32,8 @@ class AdapterFinetuneModule(LightningModule):
         weight_decay: AdamW weight decay.
     """
 
+    trained_part = "adapter"
+
     def __init__(
         self,
         split: SplitModel,
@@ -44,20 +42,12 @@ class AdapterFinetuneModule(LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.01,
     ) -> None:
-        super().__init__()
-        if proximal_weight < 0 or lr <= 0:
-            raise ValueError(
-                f"proximal_weight must be >= 0 and lr > 0, got proximal_weight={proximal_weight}, lr={lr}."
-            )
-        self.split = split
+        super().__init__(split, lr, betas, weight_decay)
+        if proximal_weight < 0:
+            raise ValueError(f"proximal_weight must be >= 0, got {proximal_weight}.")
         self.save_hyperparameters(ignore=["split"])
-        self.strict_loading = False
         self.fit_loss = MeanMetric()  # mean cross-entropy over the current fit
         self._anchor: list[tuple[Tensor, Tensor, Tensor, Tensor, float]] = []
-
-    @override
-    def configure_model(self) -> None:
-        self.split.build(device=None)
 
     @override
     def on_fit_start(self) -> None:
@@ -66,10 +56,6 @@ class AdapterFinetuneModule(LightningModule):
             (a, b, a.detach().clone(), b.detach().clone(), scaling)
             for a, b, scaling, _ in self.split.lora_pairs("adapter")
         ]
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        self.split.set_trainable("adapter")
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -86,14 +72,3 @@ class AdapterFinetuneModule(LightningModule):
             loss = loss + self.hparams.proximal_weight * proximal
             self.log("train/proximal", proximal, batch_size=batch_size)
         return loss
-
-    @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self.split.lora_parameters("adapter").values())
-        return torch.optim.AdamW(
-            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
-        )
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = lora_only(checkpoint["state_dict"])

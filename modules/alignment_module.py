@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.capture import capture_output, run_until_stopped
 from fedbiot_pl.losses import kl_teacher_student, normalized_l2
+from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from fedbiot_pl.split import SplitModel
 
 
-def lora_only(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Keep the LoRA entries of a module state dict: the frozen base never goes into a checkpoint."""
-    return {key: value for key, value in state_dict.items() if "lora_" in key}
-
-
-class EmulatorAlignmentModule(LightningModule):
+class EmulatorAlignmentModule(LoRAPartModule):
     """Trains the emulator's LoRA so that the compressed model imitates the full model.
 
     Loss per batch of public data (all in float32):
@@ -44,6 +37,8 @@ class EmulatorAlignmentModule(LightningModule):
             code re-creates the optimizer for every alignment phase.
     """
 
+    trained_part = "emulator"
+
     def __init__(
         self,
         split: SplitModel,
@@ -54,21 +49,15 @@ class EmulatorAlignmentModule(LightningModule):
         include_padding: bool = False,
         fresh_optimizer_each_epoch: bool = True,
     ) -> None:
-        super().__init__()
-        if kl_weight < 0 or lr <= 0:
-            raise ValueError(f"kl_weight must be >= 0 and lr > 0, got kl_weight={kl_weight}, lr={lr}.")
-        self.split = split
+        super().__init__(split, lr, betas, weight_decay)
+        if kl_weight < 0:
+            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}.")
         self.save_hyperparameters(ignore=["split"])
-        self.strict_loading = False  # checkpoints hold the LoRA weights only
-
-    @override
-    def configure_model(self) -> None:
-        self.split.build(device=None)
 
     @override
     def on_train_epoch_start(self) -> None:
         # Runs after the federated loop's client fits, which set other parts trainable.
-        self.split.set_trainable("emulator")
+        super().on_train_epoch_start()
         if self.hparams.fresh_optimizer_each_epoch:
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()
@@ -99,14 +88,3 @@ class EmulatorAlignmentModule(LightningModule):
         for name, value in losses.items():
             self.log(f"align/{name}", value, batch_size=batch_size)
         return loss
-
-    @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self.split.lora_parameters("emulator").values())
-        return torch.optim.AdamW(
-            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
-        )
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = lora_only(checkpoint["state_dict"])

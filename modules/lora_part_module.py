@@ -1,0 +1,54 @@
+"""What both FedBiOT modules share: a SplitModel, one trained LoRA part, AdamW, LoRA-only checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from typing_extensions import override
+
+from fedbiot_pl.split import Part, SplitModel
+
+
+def lora_only(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Keep the LoRA entries of a module state dict: the frozen base never goes into a checkpoint."""
+    return {key: value for key, value in state_dict.items() if "lora_" in key}
+
+
+class LoRAPartModule(LightningModule):
+    """A LightningModule that trains the LoRA of one part (``trained_part``) of a :class:`SplitModel`.
+
+    Subclasses set ``trained_part`` and implement ``training_step``. The model is built in
+    ``configure_model`` (idempotent, so a shared split is built once), the optimizer is AdamW over
+    that part's LoRA only, and checkpoints hold LoRA weights only (``strict_loading`` is off).
+    """
+
+    trained_part: Part
+
+    def __init__(self, split: SplitModel, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
+        super().__init__()
+        if lr <= 0 or weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}.")
+        self.split = split
+        self.strict_loading = False
+
+    @override
+    def configure_model(self) -> None:
+        self.split.build()
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        self.split.set_trainable(self.trained_part)
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = list(self.split.lora_parameters(self.trained_part).values())
+        return torch.optim.AdamW(
+            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
+        )
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = lora_only(checkpoint["state_dict"])
