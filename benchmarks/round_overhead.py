@@ -22,8 +22,17 @@ toolkit / plain, and a break-down of the toolkit's time per client fit:
 
 and the plain path's matching ``setup`` (client start to first forward) and ``loop``. The
 timestamps come from a subclass of :class:`AdapterFinetuneModule` that only reads
-``time.perf_counter()`` in ``training_step``/``on_train_batch_end``, and from a subclass of
-:class:`FederatedLoop` that wraps ``fit_client``.
+``time.perf_counter()`` in ``training_step``/``on_train_batch_end``, from a subclass of
+:class:`FederatedLoop` that wraps ``fit_client``, and from a wrapper on ``pl.Trainer.__init__``.
+The same client in the same repeat gives a paired toolkit/plain ratio per client fit, which is
+much less sensitive to other processes on the machine than whole-round times.
+
+Both paths do the same math: the script checks that the aggregated adapters are equal (they are
+bit-identical, LoRA dropout included, because the fixed-batch loader has its own generator and so
+draws nothing from the global RNG). peft's zero LoRA ``B`` is replaced by small seeded values so
+that the check compares non-trivial updates.
+
+``--profile N`` prints a cProfile of one more toolkit round.
 
 Example::
 
@@ -118,7 +127,11 @@ class FixedBatchesDataModule:
         return len(self.batches)
 
     def client_dataloader(self, client_id: int, round_idx: int = 0) -> DataLoader:
-        return DataLoader(self.batches[client_id], batch_size=None, shuffle=False)  # type: ignore[arg-type]
+        # A generator of its own, as the real datamodule has: without one, creating the iterator
+        # draws its base seed from the global RNG, which shifts every LoRA-dropout mask after it.
+        generator = torch.Generator().manual_seed(client_id)
+        return DataLoader(self.batches[client_id], batch_size=None, shuffle=False,  # type: ignore[arg-type]
+                          generator=generator)
 
     def client_num_examples(self, client_id: int) -> int:
         return self.num_examples[client_id]
@@ -189,36 +202,11 @@ def time_trainer_init() -> None:
     pl.Trainer.__init__ = timed  # type: ignore[method-assign]
 
 
-def cache_entry_points() -> None:
-    """What-if (not the toolkit's behaviour): look the callback entry points up once per process.
-
-    ``pl.Trainer.__init__`` calls ``_load_external_callbacks("lightning.pytorch.callbacks_factory")``,
-    which scans the metadata of every installed distribution through ``importlib.metadata`` each
-    time. This keeps the factories found the first time and still calls each one per Trainer.
-    """
-    from importlib.metadata import entry_points
-
-    from lightning.pytorch.trainer.connectors import callback_connector
-
-    found: dict[str, list[Any]] = {}
-
-    def load(group: str) -> list[Any]:
-        if group not in found:
-            found[group] = [factory.load() for factory in entry_points(group=group)]
-        callbacks: list[Any] = []
-        for factory in found[group]:
-            made = factory()
-            callbacks.extend(made if isinstance(made, list) else [made])
-        return callbacks
-
-    callback_connector._load_external_callbacks = load
-
-
 def make_toolkit(split: SplitModel, args: argparse.Namespace) -> TimedLoop:
     loop = TimedLoop(rounds=1, local_steps=args.local_steps, client_accumulate_grad_batches=args.accumulate,
                      proximal_weight=0.0, export_final_adapter=False)
     # What FederatedLoop.on_fit_start does (once per server fit).
-    loop._client_module = TimedClientModule(split, **loop.client_hparams)
+    loop._client_module = TimedClientModule(split, log_steps=False, **loop.client_hparams)
     return loop
 
 
@@ -286,6 +274,7 @@ def median_ms(values: list[float]) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args.threads or torch.get_num_threads())
     split = build_split(args.model, args.seed, args.lora_dropout)
     config = split.full.config
@@ -307,8 +296,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Warm-up (untimed for the comparison, but reported): the first fit in a process pays one-off
     # imports and first-use costs that a real run pays once for the server's own Trainer.
     time_trainer_init()
-    if args.cache_entry_points:
-        cache_entry_points()
     warm_dm = FixedBatchesDataModule(data[:1], dm.num_examples[:1])
     fresh()
     warm_tk = toolkit_round(loop, split, warm_dm)
@@ -376,7 +363,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "python": sys.version.split()[0], "torch": torch.__version__,
             "lightning": __import__("lightning").__version__,
             "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "load_average_start": load_at_start,
+            "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
         "model": {"name": args.model, "params": n_params, "layers": config.num_hidden_layers,
                   "hidden": config.hidden_size, "vocab": config.vocab_size,
@@ -439,25 +427,22 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--local-steps", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=8, help="clients in the round (all take part)")
+    parser.add_argument("--local-steps", type=int, default=10, help="optimizer steps per client")
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per path (after one warm-up)")
     parser.add_argument("--model", default="small",
                         help=f"a random-init preset {sorted(PRESETS)}, 'stories260K' (the embedded real "
                              "model), or any Hugging Face id / local folder / embedded: reference")
-    parser.add_argument("--lora-dropout", type=float, default=0.0,
-                        help="LoRA dropout; > 0 draws random masks, and the two paths then consume the "
-                             "global RNG differently, so their results differ")
+    parser.add_argument("--lora-dropout", type=float, default=0.05,
+                        help="LoRA dropout (> 0 draws masks from the global RNG; both paths draw the "
+                             "same masks as long as nothing else consumes the global RNG)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model, the data and the RNG")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, cProfile one toolkit round and print the top N functions")
-    parser.add_argument("--cache-entry-points", action="store_true",
-                        help="what-if, not the toolkit's behaviour: let pl.Trainer() look up the callback "
-                             "entry points once per process instead of once per client fit")
     parser.add_argument("--json", metavar="OUT", help="write all numbers to this JSON file")
     args = parser.parse_args(argv)
     for name in ("clients", "local_steps", "accumulate", "batch_size", "seq_len", "repeats"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from fedbiot_pl.communication import CommLedger
 from fedbiot_pl.export import export_adapters
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.sampling import clients_per_round, sample_clients
-from fedbiot_pl.strategies import client_device_kwargs
+from fedbiot_pl.client_trainer import build_client_trainer, client_fit_context
 
 log = logging.getLogger(__name__)
 CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
@@ -137,7 +136,7 @@ class FederatedLoop(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._client_module = AdapterFinetuneModule(pl_module.split, **self.client_hparams)
+        self._client_module = AdapterFinetuneModule(pl_module.split, log_steps=False, **self.client_hparams)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -186,33 +185,25 @@ class FederatedLoop(Callback):
         self.history.append({"round": round_idx, "clients": clients, **metrics})
 
     def fit_client(self, trainer: pl.Trainer, client_id: int, round_idx: int, datamodule: Any) -> float:
-        """One client's local training: a fresh lean Trainer on the server's device."""
-        with _quiet_client_fit():
-            client_trainer = pl.Trainer(
-                max_steps=self.local_steps,
-                accumulate_grad_batches=self.client_accumulate_grad_batches,
-                precision=trainer.precision,
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                log_every_n_steps=max(1, self.local_steps),
-                **client_device_kwargs(trainer.strategy.root_device),
+        """One client's local training: a fresh lean Trainer on the server's device; returns the
+        client's mean cross-entropy over the fit."""
+        with client_fit_context():
+            client_trainer = build_client_trainer(
+                trainer.strategy.root_device, trainer.precision, self.local_steps, self.client_accumulate_grad_batches
             )
             client_trainer.fit(self._client_module, train_dataloaders=datamodule.client_dataloader(client_id, round_idx))
         if client_trainer.global_step != self.local_steps:
             raise RuntimeError(
                 f"client {client_id} ran {client_trainer.global_step} optimizer steps, expected {self.local_steps}."
             )
-        return float(self._client_module.fit_loss.compute())
+        return self._client_module.mean_loss
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._round_metrics:
-            pl_module.log_dict(self._round_metrics, on_step=False, on_epoch=True)
+            metrics = dict(self._round_metrics)
+            pl_module.log("round/client_loss", metrics.pop("round/client_loss"), on_epoch=True, prog_bar=True)
+            pl_module.log_dict(metrics, on_step=False, on_epoch=True)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -233,23 +224,3 @@ class FederatedLoop(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.ledger.load_state_dict(state_dict["ledger"])
         self.history = list(state_dict["history"])
-
-
-class _quiet_client_fit:
-    """Silence the per-Trainer info lines and the tiny-dataloader warnings of client fits."""
-
-    _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
-    _EXPECTED = ".*(does not have many workers|smaller than the logging interval|module\\(s\\) in eval mode|LeafSpec).*"
-
-    def __enter__(self) -> None:
-        self._levels = {name: logging.getLogger(name).level for name in self._LOGGERS}
-        for name in self._LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", message=self._EXPECTED)
-
-    def __exit__(self, *exc: object) -> None:
-        self._warnings.__exit__(*exc)
-        for name, level in self._levels.items():
-            logging.getLogger(name).setLevel(level)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
-from torchmetrics.aggregation import MeanMetric
 from typing_extensions import override
 
 from fedbiot_pl.losses import lora_proximal
@@ -30,6 +30,8 @@ class AdapterFinetuneModule(LoRAPartModule):
         lr: AdamW learning rate.
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
+        log_steps: log ``train/ce`` and ``train/proximal`` every step (the federated loop turns this
+            off: its lean client Trainers have no logger, and it reports :attr:`mean_loss` per fit).
     """
 
     trained_part = "adapter"
@@ -41,17 +43,23 @@ class AdapterFinetuneModule(LoRAPartModule):
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.01,
+        log_steps: bool = True,
     ) -> None:
         super().__init__(split, lr, betas, weight_decay)
         if proximal_weight < 0:
             raise ValueError(f"proximal_weight must be >= 0, got {proximal_weight}.")
         self.save_hyperparameters(ignore=["split"])
-        self.fit_loss = MeanMetric()  # mean cross-entropy over the current fit
+        self._loss_sum, self._loss_count = torch.zeros(()), 0  # cross-entropy over the current fit
         self._anchor: list[tuple[Tensor, Tensor, Tensor, Tensor, float]] = []
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean cross-entropy of the micro-batches of the current (or last) fit."""
+        return float(self._loss_sum) / max(self._loss_count, 1)
 
     @override
     def on_fit_start(self) -> None:
-        self.fit_loss.reset()
+        self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
         self._anchor = [
             (a, b, a.detach().clone(), b.detach().clone(), scaling)
             for a, b, scaling, _ in self.split.lora_pairs("adapter")
@@ -64,11 +72,19 @@ class AdapterFinetuneModule(LoRAPartModule):
             use_cache=False,
         )
         loss = out.loss
-        batch_size = batch["input_ids"].shape[0]
-        self.fit_loss.update(out.loss.detach())
-        self.log("train/ce", out.loss, prog_bar=True, batch_size=batch_size)
+        self._loss_sum += out.loss.detach()
+        self._loss_count += 1
+        logs = {"train/ce": out.loss}
         if self.hparams.proximal_weight > 0:
             proximal = lora_proximal(self._anchor)
             loss = loss + self.hparams.proximal_weight * proximal
-            self.log("train/proximal", proximal, batch_size=batch_size)
+            logs["train/proximal"] = proximal
+        if self.hparams.log_steps:
+            self.log_dict(logs, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
+
+    @override
+    def on_fit_end(self) -> None:
+        # Drop the last step's gradients so that nothing stale is left on the shared model.
+        for param in self.split.lora_parameters(self.trained_part).values():
+            param.grad = None

@@ -127,7 +127,8 @@ def test_client_module_mean_loss_and_lora_only_checkpoint(tmp_path):
     module = AdapterFinetuneModule(split, lr=1e-2)
     trainer = lean_trainer(4)
     trainer.fit(module, ToyFederatedData().client_dataloader(0))
-    assert module.fit_loss.update_count == 4
+    assert module._loss_count == 4 and module.mean_loss > 0
+    assert all(p.grad is None for p in split.lora_parameters("adapter").values())
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     state = torch.load(tmp_path / "c.ckpt", weights_only=True)["state_dict"]
     assert state and all("lora_" in k for k in state)
