@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch import Callback
@@ -73,7 +73,7 @@ class FederatedLoop(Callback):
         client_lr: float = 1e-4,
         client_betas: tuple[float, float] = (0.9, 0.95),
         client_weight_decay: float = 0.01,
-        weighting: str = "examples",
+        weighting: Literal["examples", "uniform"] = "examples",
         seed: int = 42,
         export_final_adapter: bool = True,
     ) -> None:
