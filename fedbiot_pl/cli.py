@@ -1,5 +1,7 @@
 """The ``train.py`` command line: a LightningCLI over the FedBiOT modules, data and loop.
 
+``python train.py evaluate --run <run folder> ...`` evaluates a run (see :mod:`fedbiot_pl.evaluate`).
+
 ``python train.py`` with no arguments runs ``fit`` on the embedded default (stories260K, GSM8K and
 Alpaca samples shipped in the package). Every other use is the plain LightningCLI:
 ``python train.py fit --config configs/llama2-7b-gsm8k.yaml --federated.rounds 10``.
@@ -51,6 +53,10 @@ class FedBiOTCLI(LightningCLI):
 def main(args: list[str] | None = None) -> FedBiOTCLI:
     """Run the CLI; with no arguments at all, ``fit`` the embedded default configuration."""
     argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "evaluate":
+        from fedbiot_pl.evaluate import main as evaluate
+
+        sys.exit(evaluate(argv[1:]))
     if not argv:
         print(f"No arguments: running `fit --config {DEFAULT_CONFIG}` (the embedded default).", file=sys.stderr)
         argv = ["fit", "--config", str(DEFAULT_CONFIG)]

@@ -2,5 +2,6 @@
 
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.modules.alignment_module import EmulatorAlignmentModule
+from fedbiot_pl.modules.generation_module import GenerationModule, GenerationSettings
 
-__all__ = ["AdapterFinetuneModule", "EmulatorAlignmentModule"]
+__all__ = ["AdapterFinetuneModule", "EmulatorAlignmentModule", "GenerationModule", "GenerationSettings"]

@@ -12,9 +12,16 @@ from typing_extensions import override
 from fedbiot_pl.split import Part, SplitModel
 
 
+CHECKPOINT_PREFIX = "split.compressed."
+
+
 def lora_only(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Keep the LoRA entries of a module state dict: the frozen base never goes into a checkpoint."""
-    return {key: value for key, value in state_dict.items() if "lora_" in key}
+    """Keep the compressed model's LoRA entries of a module state dict.
+
+    The frozen base never goes into a checkpoint, and neither do the AdapFu shell's names for the
+    same adapter tensors (they are shared, so loading the compressed entries restores both).
+    """
+    return {k: v for k, v in state_dict.items() if k.startswith(CHECKPOINT_PREFIX) and "lora_" in k}
 
 
 class LoRAPartModule(LightningModule):

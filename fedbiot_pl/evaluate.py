@@ -1,0 +1,120 @@
+"""Evaluate a run's checkpoint: ``python -m fedbiot_pl.evaluate --run <run folder> --task gsm8k``.
+
+Also ``python train.py evaluate ...``. It rebuilds the model split from the run's ``config.yaml``,
+loads the LoRA of ``--ckpt`` (default: the run's ``checkpoints/last.ckpt``, else its
+``final_adapter``), generates with AdapFu and/or AdapEmu, and writes
+``<run>/eval/<task>-<variant>.predictions.jsonl`` and ``<run>/eval/<task>.metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from fedbiot_pl.evaluation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
+from fedbiot_pl.export import atomic_write
+from fedbiot_pl.modules.generation_module import GenerationSettings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fedbiot-evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run folder holding config.yaml (e.g. runs/fedbiot/version_0)")
+    p.add_argument("--ckpt", help="a .ckpt, a compressed_lora.safetensors or a final_adapter folder")
+    p.add_argument("--task", choices=("gsm8k", "humaneval", "dolly"), default="gsm8k")
+    p.add_argument("--data", help="evaluation file (.jsonl/.jsonl.gz); gsm8k defaults to the embedded test sample")
+    p.add_argument("--variants", default="adapfu,adapemu", help="comma list of adapfu, adapemu")
+    p.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--shots", type=int, default=8, help="GSM8K demonstrations (0 to 8)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1, help="completions per prompt (pass@k needs n >= k)")
+    p.add_argument("--k", default="1", help="comma list of k for pass@k")
+    p.add_argument("--seed", type=int, default=0, help="seed of the demonstration order and of sampling")
+    p.add_argument("--device", help="torch device for generation (default: cuda if available, else cpu)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return p.parse_args(argv)
+
+
+def run_split_args(run: Path) -> tuple[dict, str]:
+    """The SplitModel arguments and the tokenizer of a run, from its saved ``config.yaml``."""
+    config_file = run / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} does not exist; --run must be a run folder written by train.py.")
+    config = yaml.safe_load(config_file.read_text())
+    split = config["model"]["split"]
+    split_args = split.get("init_args", split)
+    return split_args, (config.get("data") or {}).get("tokenizer") or split_args["model"]
+
+
+def print_table(result: EvalResult) -> None:
+    names = sorted({name for metrics in result.metrics.values() for name in metrics})
+    print(f"{result.task:<10}" + "".join(f"{n:>14}" for n in names))
+    for variant, metrics in result.metrics.items():
+        print(f"{variant:<10}" + "".join(f"{metrics.get(n, float('nan')):>14.4f}" for n in names))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import torch
+        from transformers import AutoTokenizer
+
+        from fedbiot_pl.assets import resolve
+        from fedbiot_pl.run_artifacts import load_run_lora
+        from fedbiot_pl.split import SplitModel
+
+        run = Path(args.run)
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        bad = [v for v in variants if v not in ("adapfu", "adapemu")]
+        ks = [int(k) for k in args.k.split(",")]
+        if bad or not variants:
+            raise ValueError(f"--variants takes adapfu and/or adapemu, got {args.variants!r}.")
+        if max(ks) > args.num_samples and args.task == "humaneval":
+            raise ValueError(f"pass@{max(ks)} needs --num-samples >= {max(ks)}, got {args.num_samples}.")
+        data = args.data or DEFAULT_DATA.get(args.task)
+        if data is None:
+            raise ValueError(f"--data is required for --task {args.task}.")
+        rows = read_eval_records(args.task, data, args.limit)
+        split_args, tokenizer_name = run_split_args(run)
+        ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
+        if not args.ckpt and not ckpt.exists():
+            ckpt = run / "final_adapter"
+        lora = load_run_lora(ckpt)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"fedbiot-evaluate: error: {error}", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    split = SplitModel(**split_args).build(device=device)
+    split.load_lora_state(lora)
+    path = resolve(tokenizer_name)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+        top_p=args.top_p, top_k=args.top_k, num_return_sequences=args.num_samples,
+    )
+    result = evaluate_split(split, tokenizer, args.task, rows, variants, settings, args.batch_size,
+                            args.shots, args.seed, ks, device)
+    out = run / "eval"
+    for variant, predictions in result.predictions.items():
+        lines = "".join(json.dumps(p) + "\n" for p in predictions)
+        atomic_write(out / f"{args.task}-{variant}.predictions.jsonl", lambda tmp, t=lines: Path(tmp).write_text(t))
+    summary = {"task": args.task, "checkpoint": str(ckpt), "data": data, "rows": len(rows), "metrics": result.metrics}
+    text = json.dumps(summary, indent=2)
+    atomic_write(out / f"{args.task}.metrics.json", lambda tmp: Path(tmp).write_text(text))
+    print(text if args.json else "", end="\n" if args.json else "")
+    if not args.json:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Evaluate a split (AdapFu and/or AdapEmu) on GSM8K, HumanEval or Dolly: prompts, generation, scores.
+
+Used by ``python -m fedbiot_pl.evaluate`` (or ``python train.py evaluate``) on a finished run and
+by :class:`~fedbiot_pl.callbacks.PeriodicEvaluation` during one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from fedbiot_pl.assets import resolve
+from fedbiot_pl.eval_prompts import clean_code, code_prompt, gsm8k_prompt, qa_prompt, strip_chat_tail
+from fedbiot_pl.modules.generation_module import GenerationModule, GenerationSettings, Variant, left_padded_batches
+from fedbiot_pl.split import SplitModel
+
+Task = Literal["gsm8k", "humaneval", "dolly"]
+REQUIRED = {"gsm8k": ("question", "answer"), "humaneval": ("task_id", "prompt", "test", "entry_point"),
+            "dolly": ("instruction", "response")}
+DEFAULT_DATA = {"gsm8k": "embedded:data/gsm8k/test_sample.jsonl"}
+
+
+def read_eval_records(task: Task, path: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a ``.jsonl``/``.jsonl.gz`` (or JSON list) file, checked for the task's fields.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file, the row and the field.
+    """
+    file = Path(resolve(path))
+    if not file.is_file():
+        raise FileNotFoundError(f"evaluation data {path!r} does not exist (looked for {file}).")
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ValueError(f"{file} holds no evaluation rows.")
+    for number, row in enumerate(rows, start=1):
+        missing = [f for f in REQUIRED[task] if not isinstance(row.get(f), str)]
+        if missing:
+            raise ValueError(f"{file}: row {number} lacks the string field(s) {missing} that {task} evaluation needs.")
+    return rows
+
+
+def build_prompts(task: Task, rows: Sequence[dict[str, Any]], shots: int = 8, seed: int = 0) -> list[str]:
+    if task == "gsm8k":
+        return [gsm8k_prompt(row["question"], shots=shots, seed=seed, index=i) for i, row in enumerate(rows)]
+    if task == "humaneval":
+        return [code_prompt(row["prompt"]) for row in rows]
+    return [qa_prompt(row["instruction"], row.get("context") or "") for row in rows]
+
+
+def postprocess(task: Task, completion: str) -> str:
+    return clean_code(completion) if task == "humaneval" else strip_chat_tail(completion)
+
+
+def generation_dataloader(tokenizer: Any, prompts: Sequence[str], batch_size: int) -> DataLoader:
+    """Left-padded prompt batches (with BOS); each batch also carries the prompts' indices."""
+    return DataLoader(left_padded_batches(tokenizer, list(prompts), list(range(len(prompts))), batch_size),
+                      batch_size=None)
+
+
+def generate(split: SplitModel, tokenizer: Any, prompts: Sequence[str], variant: Variant,
+             settings: GenerationSettings, batch_size: int, device: torch.device | None = None) -> list[list[str]]:
+    """Completions per prompt, through ``Trainer.predict`` of a :class:`GenerationModule` on
+    ``device`` (default: the split's device), leaving the shared model there afterwards."""
+    from fedbiot_pl.client_trainer import KeepOnDeviceStrategy, client_fit_context
+
+    device = device or next(split.parameters()).device
+    module = GenerationModule(split, tokenizer, variant, settings)
+    with client_fit_context():
+        trainer = pl.Trainer(accelerator="cuda" if device.type == "cuda" else device.type,
+                             strategy=KeepOnDeviceStrategy(device=device), devices=1, logger=False,
+                             enable_model_summary=False, enable_progress_bar=False, enable_checkpointing=False)
+        batches = trainer.predict(module, generation_dataloader(tokenizer, prompts, batch_size))
+    return [item["completions"] for batch in batches for item in batch]
+
+
+def score(task: Task, rows: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]],
+          ks: Sequence[int] = (1,), timeout: float = 10.0, workers: int = 2) -> dict[str, float]:
+    """Task metrics of post-processed completions (first completion per prompt for gsm8k/dolly)."""
+    from fedbiot_pl import metrics
+
+    if task == "gsm8k":
+        metric = metrics.GSM8KAccuracy()
+        metric.update([c[0] for c in completions], [row["answer"] for row in rows])
+        return {"accuracy": float(metric.compute())}
+    if task == "humaneval":
+        metric = metrics.PassAtK(ks=tuple(ks), timeout=timeout, workers=workers)
+        task_ids = [row["task_id"] for row, c in zip(rows, completions) for _ in c]
+        flat = [c for cs in completions for c in cs]
+        metric.update(task_ids, flat, {row["task_id"]: row for row in rows})
+        return {name: float(value) for name, value in metric.compute().items()}
+    out = {}
+    for name, cls in (("rougeL", metrics.RougeL), ("token_f1", metrics.TokenF1), ("exact_match", metrics.ExactMatch)):
+        metric = cls()
+        metric.update([c[0] for c in completions], [row["response"] for row in rows])
+        out[name] = float(metric.compute())
+    return out
+
+
+@dataclass
+class EvalResult:
+    """Metrics and predictions of one task for each variant."""
+
+    task: str
+    metrics: dict[str, dict[str, float]]
+    predictions: dict[str, list[dict[str, Any]]]
+
+
+def evaluate_split(split: SplitModel, tokenizer: Any, task: Task, rows: Sequence[dict[str, Any]],
+                   variants: Sequence[Variant] = ("adapfu", "adapemu"), settings: GenerationSettings | None = None,
+                   batch_size: int = 8, shots: int = 8, seed: int = 0, ks: Sequence[int] = (1,),
+                   device: torch.device | None = None) -> EvalResult:
+    """Generate with each variant, post-process and score."""
+    settings = settings or GenerationSettings()
+    prompts = build_prompts(task, rows, shots=shots, seed=seed)
+    result = EvalResult(task, {}, {})
+    for variant in variants:
+        raw = generate(split, tokenizer, prompts, variant, settings, batch_size, device)
+        cleaned = [[postprocess(task, c) for c in cs] for cs in raw]
+        result.metrics[variant] = score(task, rows, cleaned, ks)
+        key = "task_id" if task == "humaneval" else None
+        result.predictions[variant] = [
+            {"index": i, **({"task_id": rows[i][key]} if key else {}), "prompt": prompts[i], "completions": cs,
+             "raw": r}
+            for i, (cs, r) in enumerate(zip(cleaned, raw))
+        ]
+    return result
