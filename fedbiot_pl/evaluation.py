@@ -95,7 +95,10 @@ def score(task: Task, rows: Sequence[dict[str, Any]], completions: Sequence[Sequ
         metric.update([c[0] for c in completions], [row["answer"] for row in rows])
         return {"accuracy": float(metric.compute())}
     if task == "humaneval":
-        metric = metrics.PassAtK(ks=tuple(ks), timeout=timeout, workers=workers)
+        from fedbiot_pl.sandbox import Limits
+
+        metric = metrics.PassAtK([row["task_id"] for row in rows], k=tuple(ks), limits=Limits(timeout_s=timeout),
+                                 workers=workers)
         task_ids = [row["task_id"] for row, c in zip(rows, completions) for _ in c]
         flat = [c for cs in completions for c in cs]
         metric.update(task_ids, flat, {row["task_id"]: row for row in rows})

@@ -55,3 +55,30 @@ def test_cli_run_writes_metrics_config_checkpoints_and_a_peft_adapter(tmp_path):
     assert adapter.layers_to_transform == [3, 4] and adapter.r == 8
     split = json.loads((run / "final_adapter" / "split.json").read_text())
     assert split["emulator"] == [0, 2] and split["top_adapter"] == [3, 4]
+
+    # Evaluate the run's last checkpoint with both variants (`python train.py evaluate ...`).
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--run", str(run), "--task", "gsm8k", "--limit", "3", "--max-new-tokens", "8",
+              "--shots", "1", "--batch-size", "2"])
+    assert exit_info.value.code == 0
+    report = json.loads((run / "eval" / "gsm8k.metrics.json").read_text())
+    assert report["checkpoint"].endswith("last.ckpt") and report["rows"] == 3
+    assert set(report["metrics"]) == {"adapfu", "adapemu"}
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in report["metrics"].values())
+    predictions = [json.loads(line) for line in (run / "eval" / "gsm8k-adapemu.predictions.jsonl").open()]
+    assert [p["index"] for p in predictions] == [0, 1, 2] and all(len(p["completions"]) == 1 for p in predictions)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run", "nowhere"], "nowhere/config.yaml does not exist"),
+        (["--run", ".", "--variants", "adapfu,full"], "--variants takes adapfu and/or adapemu"),
+        (["--run", ".", "--task", "humaneval", "--k", "10", "--data", "x.jsonl"], "pass@10 needs --num-samples >= 10"),
+    ],
+)
+def test_evaluate_bad_input_exits_2_naming_the_value(args, message, capsys):
+    from fedbiot_pl.evaluate import main as evaluate
+
+    assert evaluate(args) == 2
+    assert message in capsys.readouterr().err

@@ -131,3 +131,24 @@ def test_loop_needs_client_data_and_no_max_steps(tmp_path):
         server_trainer(tmp_path, FederatedLoop(rounds=1, align_steps=17)).fit(make_module(), datamodule=ToyFederatedData(vocab=512))
     with pytest.raises(ValueError, match="clients_per_round=5 must be between 1 and num_clients=3"):
         server_trainer(tmp_path, FederatedLoop(rounds=1, clients_per_round=5)).fit(make_module(), datamodule=ToyFederatedData(vocab=512))
+
+
+def test_periodic_evaluation_runs_every_n_rounds(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+    from transformers import AutoTokenizer
+
+    from fedbiot_pl.assets import resolve
+    from fedbiot_pl.callbacks import PeriodicEvaluation
+
+    data = ToyFederatedData(vocab=512)
+    data.tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:models/stories260K"))
+    loop = FederatedLoop(rounds=3, pre_alignment_rounds=1, align_steps=1, local_steps=1,
+                         client_accumulate_grad_batches=1, export_final_adapter=False)
+    evaluation = PeriodicEvaluation(every_n_rounds=2, limit=2, max_new_tokens=4, shots=0, variants=["adapemu"])
+    trainer = server_trainer(tmp_path, loop, callbacks=[evaluation])
+    trainer.loggers = [CSVLogger(tmp_path, name="run")]
+    trainer.fit(make_module(), datamodule=data)
+    written = sorted(p.name for p in (tmp_path / "run" / "version_0" / "eval").iterdir())
+    # rounds 0, 1, 2 after one pre-alignment epoch: after round 1 (every 2nd) and after the last round
+    assert written == ["round-1-gsm8k-adapemu.predictions.jsonl", "round-2-gsm8k-adapemu.predictions.jsonl"]
+    assert 0.0 <= float(trainer.callback_metrics["eval/gsm8k/adapemu/accuracy"]) <= 1.0
