@@ -27,14 +27,15 @@ class PeriodicEvaluation(Callback):
         data: evaluation file; ``null`` = the embedded GSM8K test sample.
         limit: evaluate the first ``limit`` rows (keep it small: this runs inside training).
         variants: ``adapfu`` and/or ``adapemu``.
-        max_new_tokens: generation length.
+        generation: decoding settings (greedy by default; ``do_sample``, ``temperature``, ``top_p``,
+            ``top_k``, ``num_return_sequences``, ``max_new_tokens`` from YAML).
         shots: GSM8K demonstrations.
         batch_size: prompts per generation batch.
         seed: seed of the demonstration order.
     """
 
     def __init__(self, every_n_rounds: int = 10, task: Task = "gsm8k", data: str | None = None, limit: int = 20,
-                 variants: list[Variant] | None = None, max_new_tokens: int = 128, shots: int = 8,
+                 variants: list[Variant] | None = None, generation: GenerationSettings | None = None, shots: int = 8,
                  batch_size: int = 8, seed: int = 0) -> None:
         if every_n_rounds < 1 or limit < 1:
             raise ValueError(f"every_n_rounds and limit must be >= 1, got {every_n_rounds} and {limit}.")
@@ -43,7 +44,7 @@ class PeriodicEvaluation(Callback):
             raise ValueError(f"PeriodicEvaluation needs `data` for task {task!r}.")
         self.every_n_rounds, self.task, self.data, self.limit = every_n_rounds, task, data, limit
         self.variants = list(variants or ["adapfu", "adapemu"])
-        self.settings = GenerationSettings(max_new_tokens=max_new_tokens)
+        self.settings = generation or GenerationSettings(max_new_tokens=128)
         self.shots, self.batch_size, self.seed = shots, batch_size, seed
         self.rows = read_eval_records(task, data, limit)  # fail at start-up, not at round n
 

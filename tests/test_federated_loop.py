@@ -144,7 +144,10 @@ def test_periodic_evaluation_runs_every_n_rounds(tmp_path):
     data.tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:models/stories260K"))
     loop = FederatedLoop(rounds=3, pre_alignment_rounds=1, align_steps=1, local_steps=1,
                          client_accumulate_grad_batches=1, export_final_adapter=False)
-    evaluation = PeriodicEvaluation(every_n_rounds=2, limit=2, max_new_tokens=4, shots=0, variants=["adapemu"])
+    from fedbiot_pl.modules import GenerationSettings
+
+    evaluation = PeriodicEvaluation(every_n_rounds=2, limit=2, generation=GenerationSettings(max_new_tokens=4),
+                                    shots=0, variants=["adapemu"])
     trainer = server_trainer(tmp_path, loop, callbacks=[evaluation])
     trainer.loggers = [CSVLogger(tmp_path, name="run")]
     trainer.fit(make_module(), datamodule=data)
