@@ -11,6 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.split import SplitModel
+from fedbiot_pl.tokenization import GenerationCollator, encode_prompt
 
 Variant = Literal["adapfu", "adapemu"]
 
@@ -107,13 +108,11 @@ class GenerationModule(LightningModule):
 
 
 def left_padded_batches(tokenizer: Any, prompts: list[str], ids: list[Any], batch_size: int) -> list[dict[str, Any]]:
-    """Tokenise prompts (with BOS) into left-padded batches for generation."""
+    """Prompts encoded exactly as they start a training example (BOS, no EOS), in left-padded batches."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = GenerationCollator(pad)
     batches = []
     for start in range(0, len(prompts), batch_size):
-        encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts[start : start + batch_size]]
-        width = max(len(e) for e in encoded)
-        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
-        attention_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-        batches.append({"input_ids": input_ids, "attention_mask": attention_mask, "ids": ids[start : start + batch_size]})
+        encoded = [{"input_ids": encode_prompt(tokenizer, p)} for p in prompts[start : start + batch_size]]
+        batches.append({**collate(encoded), "ids": ids[start : start + batch_size]})
     return batches

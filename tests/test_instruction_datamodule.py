@@ -1,16 +1,19 @@
-"""FederatedInstructionDataModule on the embedded samples and on small hand-written files."""
+"""FederatedInstructionDataModule: embedded samples, partitions, the report, and one named error per bad input."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from fedbiot_pl.datamodules import FederatedInstructionDataModule
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.datamodules import FederatedInstructionDataModule
+from fedbiot_pl.data_sources import DataSource
 from fedbiot_pl.prompts import format_prompt, gsm8k_to_instruction
 from fedbiot_pl.tokenization import IGNORE_INDEX
 
@@ -18,11 +21,27 @@ EOS = 2
 
 
 @pytest.fixture(scope="module")
-def datamodule() -> FederatedInstructionDataModule:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One ``datasets`` cache folder for this module's tests."""
+    return str(tmp_path_factory.mktemp("datasets_cache"))
+
+
+@pytest.fixture(scope="module")
+def datamodule(cache: str) -> FederatedInstructionDataModule:
     """The embedded samples (300 GSM8K + 300 Alpaca rows); max_length=512 keeps every example."""
-    module = FederatedInstructionDataModule(max_length=512, batch_size=5, public_batch_size=7)
+    module = FederatedInstructionDataModule(max_length=512, batch_size=5, public_batch_size=7, cache_dir=cache)
     module.setup("fit")
     return module
+
+
+@pytest.fixture
+def no_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if set-up loads the tokenizer: bad input must be reported before any tokenising."""
+
+    def refuse(self: FederatedInstructionDataModule) -> None:
+        raise AssertionError("the tokenizer was loaded before the bad input was reported")
+
+    monkeypatch.setattr(FederatedInstructionDataModule, "_load_tokenizer", refuse)
 
 
 def _write_jsonl(path: Path, rows: list[object]) -> str:
@@ -142,92 +161,202 @@ def test_constructor_reports_every_bad_argument_at_once() -> None:
         assert expected in message
 
 
-def test_truncated_examples_are_dropped_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_constructor_rejects_a_source_given_twice() -> None:
+    with pytest.raises(ValueError, match=r"task and task_path are both set: give one"):
+        FederatedInstructionDataModule(task=DataSource("a.jsonl"), task_path="b.jsonl")
+
+
+def test_task_path_shorthand_detects_the_format() -> None:
+    module = FederatedInstructionDataModule(task_path="x.jsonl")
+    assert module.task == DataSource("x.jsonl") and module.task_path == "x.jsonl"
+    assert FederatedInstructionDataModule().task.format == "gsm8k"
+
+
+# ---------------------------------------------------------------- truncation
+
+def test_truncated_examples_are_dropped_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, cache: str
+) -> None:
     long_row = {"question": "Why? " * 200, "answer": "Because.\n#### 1"}
-    task = _write_jsonl(tmp_path / "task.jsonl", [_task_row(1), long_row, _task_row(2)])
+    task = _write_jsonl(tmp_path / "task.jsonl", [_task_row(1), long_row, _task_row(2), _task_row(3)])
     public = _write_jsonl(
         tmp_path / "public.jsonl",
         [{"instruction": "Say hi.", "output": "Hi."}, {"instruction": "Echo.", "input": "abc", "output": "abc"}],
     )
-    module = FederatedInstructionDataModule(task_path=task, public_path=public, num_clients=2, max_length=300)
+    module = FederatedInstructionDataModule(task_path=task, public_path=public, num_clients=2, max_length=300, cache_dir=cache)
     with caplog.at_level(logging.INFO, logger="fedbiot_pl.datamodules.instruction_datamodule"):
         module.setup()
     assert module.dropped == {"task": 1, "public": 0}
-    assert [module.client_num_examples(0), module.client_num_examples(1)] == [1, 1]
+    assert module.client_num_examples(0) + module.client_num_examples(1) == 3
     assert len(module.train_dataloader().dataset) == 2
-    assert "task set: kept 2 of 3 examples; dropped 1" in caplog.text
+    assert "task set: kept 3 of 4 examples; dropped 1" in caplog.text
+    assert sum(row.dropped for row in module.partition_report.rows) == 1
 
 
-def test_client_left_empty_after_drops_is_named(tmp_path: Path) -> None:
-    task = _write_jsonl(tmp_path / "task.jsonl", [_task_row(1), {"question": "Why? " * 200, "answer": "#### 1"}])
-    module = FederatedInstructionDataModule(task_path=task, num_clients=2, max_length=300, max_public_examples=5)
-    expected = r"Client 1 would receive no task examples: .* after dropping 1 .* num_clients <= 1"
+def test_drop_empty_skips_and_counts_empty_rows(tmp_path: Path, cache: str) -> None:
+    rows = [_task_row(1), {"question": "Q?", "answer": " "}, _task_row(2), {"question": None, "answer": "#### 3"}]
+    task = DataSource(_write_jsonl(tmp_path / "gaps.jsonl", rows), format="gsm8k", drop_empty=True)
+    module = FederatedInstructionDataModule(task=task, num_clients=1, max_public_examples=5, cache_dir=cache)
+    module.setup()
+    assert module.dropped["task"] == 2 and module.client_num_examples(0) == 2
+
+
+def test_client_emptied_by_truncation_is_named_with_the_fix(tmp_path: Path, cache: str) -> None:
+    long_row = {"question": "Why? " * 200, "answer": "#### 1"}
+    task = _write_jsonl(tmp_path / "task.jsonl", [_task_row(1), long_row])
+    module = FederatedInstructionDataModule(task_path=task, num_clients=2, max_length=300, max_public_examples=5, cache_dir=cache)
+    expected = r"Client \d is left with 0 training example\(s\) \(min_client_size=1\): 1 of its 1 rows of .*task\.jsonl " \
+               r"have responses cut away by max_length=300 \(or empty, with drop_empty\)\. Raise max_length"
     with pytest.raises(ValueError, match=expected):
         module.setup()
 
 
-def test_too_many_clients_names_the_empty_client() -> None:
-    module = FederatedInstructionDataModule(num_clients=3, max_task_examples=2)
-    expected = r"Client 2 would receive no task examples.*num_clients=3\. Use num_clients <= 2"
-    with pytest.raises(ValueError, match=expected):
-        module.setup()
+# ---------------------------------------------------------------- bad input: one named error, before tokenising
+
+def _setup_error(no_tokenizer: None, **kwargs: object) -> str:
+    with pytest.raises((ValueError, FileNotFoundError)) as caught:
+        FederatedInstructionDataModule(**kwargs).setup()  # type: ignore[arg-type]
+    return str(caught.value)
 
 
-def test_missing_file_is_named(tmp_path: Path) -> None:
-    module = FederatedInstructionDataModule(task_path=str(tmp_path / "nope.jsonl"))
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        module.setup()
-
-
-@pytest.mark.parametrize("content", ["", "  \n\n"])
-def test_empty_file_is_named(tmp_path: Path, content: str) -> None:
-    (tmp_path / "empty.json").write_text(content)
-    module = FederatedInstructionDataModule(public_path=str(tmp_path / "empty.json"))
-    with pytest.raises(ValueError, match=r"empty\.json is empty"):
-        module.setup()
-
-
-def test_empty_json_list_is_rejected(tmp_path: Path) -> None:
-    (tmp_path / "none.json").write_text("[]")
-    with pytest.raises(ValueError, match=r"none\.json holds no records"):
-        FederatedInstructionDataModule(public_path=str(tmp_path / "none.json")).setup()
-
-
-def test_missing_task_field_names_file_row_and_field(tmp_path: Path) -> None:
+def test_missing_field_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) -> None:
     task = _write_jsonl(tmp_path / "bad.jsonl", [_task_row(1), {"question": "Q?"}, _task_row(3)])
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 2 has no field 'answer'"):
-        FederatedInstructionDataModule(task_path=task).setup()
+    message = _setup_error(no_tokenizer, task_path=task)
+    assert re.search(r"bad\.jsonl: row 2 has no 'answer' \(missing or null\), which holds the output; give every row", message)
 
 
-def test_non_string_task_value_names_file_row_and_field(tmp_path: Path) -> None:
+def test_empty_value_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) -> None:
+    public = _write_jsonl(tmp_path / "public.jsonl", [{"instruction": "A", "output": "B"}, {"instruction": "C", "output": " "}])
+    message = _setup_error(no_tokenizer, public_path=public)
+    assert re.search(r"public\.jsonl: row 2 field 'output' \(output\) is empty; give it text, remove the row, or set drop_empty", message)
+
+
+def test_non_string_value_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) -> None:
     task = _write_jsonl(tmp_path / "bad.jsonl", [_task_row(1), _task_row(2), {"question": "Q?", "answer": 72}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 3 field 'answer' is a int, not a string"):
-        FederatedInstructionDataModule(task_path=task).setup()
+    message = _setup_error(no_tokenizer, task=DataSource(task, format="gsm8k"))
+    assert re.search(r"bad\.jsonl: row 3 field 'answer' is a int, not a string; store it as a JSON string", message)
 
 
-def test_row_number_counts_blank_lines_and_invalid_json_is_named(tmp_path: Path) -> None:
+def test_unreadable_file_names_the_row(tmp_path: Path, no_tokenizer: None) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(_task_row(1)) + "\n\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 3 is not valid JSON"):
-        FederatedInstructionDataModule(task_path=str(path)).setup()
+    path.write_text(json.dumps(_task_row(1)) + "\n{not json\n")
+    assert re.search(r"bad\.jsonl: row 2 is not valid JSON", _setup_error(no_tokenizer, task_path=str(path)))
 
 
-def test_missing_public_field_in_json_list_names_row(tmp_path: Path) -> None:
-    path = tmp_path / "public.json"
-    path.write_text(json.dumps([{"instruction": "A", "input": "", "output": "B"}, {"instruction": "C", "input": ""}]))
-    with pytest.raises(ValueError, match=r"public\.json: row 2 has no field 'output'"):
-        FederatedInstructionDataModule(public_path=str(path)).setup()
+def test_missing_and_empty_files_are_named(tmp_path: Path, no_tokenizer: None) -> None:
+    assert "nope.jsonl' does not exist" in _setup_error(no_tokenizer, task_path=str(tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.json").write_text("")
+    assert "empty.json is empty" in _setup_error(no_tokenizer, public_path=str(tmp_path / "empty.json"))
 
 
-def test_non_string_public_input_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "public.json"
-    path.write_text(json.dumps([{"instruction": "A", "input": 5, "output": "B"}]))
-    with pytest.raises(ValueError, match=r"public\.json: row 1 field 'input' is a int"):
-        FederatedInstructionDataModule(public_path=str(path)).setup()
+def test_client_with_no_examples_is_named(no_tokenizer: None) -> None:
+    message = _setup_error(no_tokenizer, num_clients=3, max_task_examples=2)
+    assert re.search(r"train_sample\.jsonl \(partition='iid'\): Cannot give each of num_clients=3 clients .* "
+                     r"\(client 2 would get none\); use num_clients <= 2", message)
 
 
-def test_row_that_is_not_an_object_is_named(tmp_path: Path) -> None:
-    path = tmp_path / "public.json"
-    path.write_text(json.dumps([{"instruction": "A", "output": "B"}, ["A", "B"]]))
-    with pytest.raises(ValueError, match=r"public\.json: row 2 is a JSON list, not an object"):
-        FederatedInstructionDataModule(public_path=str(path)).setup()
+def test_more_clients_than_categories_is_named(no_tokenizer: None) -> None:
+    message = _setup_error(no_tokenizer, task=DOLLY, num_clients=9, partition="meta")
+    assert "has 8 values (brainstorming, classification," in message
+    assert "client 8 would get no value; use num_clients <= 8" in message
+
+
+def test_key_that_does_not_exist_is_named(no_tokenizer: None) -> None:
+    message = _setup_error(no_tokenizer, task=DOLLY, partition="meta", partition_key="topic")
+    assert re.search(r"dolly_sample\.jsonl: partition_key 'topic' is not a column \(columns: \['category', 'context', "
+                     r"'instruction', 'response'\]; derived keys: \['instruction_language'\]\)", message)
+
+
+def test_meta_partition_without_a_key_says_how_to_set_one(no_tokenizer: None) -> None:
+    message = _setup_error(no_tokenizer, partition="meta")
+    assert "partition='meta' needs a key, and format 'gsm8k' has none; set partition_key to one of its columns" in message
+
+
+def test_dirichlet_min_client_size_failure_names_the_client(no_tokenizer: None) -> None:
+    message = _setup_error(
+        no_tokenizer, task=DOLLY, num_clients=8, partition="dirichlet", dirichlet_alpha=0.01, min_client_size=20
+    )
+    assert re.search(r"client \d still holds only \d+ rows .*use a larger dirichlet_alpha", message)
+
+
+# ---------------------------------------------------------------- partitions of the embedded task samples
+
+DOLLY = DataSource("embedded:data/dolly/dolly_sample.jsonl", format="dolly")
+CODE = DataSource("embedded:data/code_alpaca/code_alpaca_sample.json", format="code")
+DOLLY_CATEGORIES = [
+    "brainstorming", "classification", "closed_qa", "creative_writing", "general_qa", "information_extraction",
+    "open_qa", "summarization",
+]
+
+
+def _module(cache: str, **kwargs: object) -> FederatedInstructionDataModule:
+    module = FederatedInstructionDataModule(max_length=512, max_public_examples=20, cache_dir=cache, **kwargs)  # type: ignore[arg-type]
+    module.setup()
+    return module
+
+
+def test_dolly_one_category_per_client(cache: str) -> None:
+    module = _module(cache, task=DOLLY, num_clients=8, partition="meta")  # key: the format's `category`
+    table = module.partition_report
+    assert table is not None and table.key == "category" and table.values == DOLLY_CATEGORIES
+    assert [row.counts for row in table.rows] == [{c: 25 if c == own else 0 for c in DOLLY_CATEGORIES} for own in DOLLY_CATEGORIES]
+    assert [module.client_num_examples(c) for c in range(8)] == [25] * 8
+
+
+def test_dolly_categories_into_three_clients_drop_nothing(cache: str) -> None:
+    module = _module(cache, task=DOLLY, num_clients=3, partition="meta")
+    table = module.partition_report
+    # 8 values of 25 rows: bucket_values puts 3, 3 and 2 categories on the clients; every category survives.
+    holders = {c: [row.client for row in table.rows if row.counts[c]] for c in DOLLY_CATEGORIES}
+    assert all(len(clients) == 1 for clients in holders.values())
+    assert sorted(row.train for row in table.rows) == [50, 75, 75]
+    texts = [tuple(e["input_ids"]) for c in range(3) for e in module.client_dataloader(c).dataset]
+    assert len(texts) == 200
+
+
+def test_code_by_instruction_language_into_nine_clients(cache: str) -> None:
+    module = _module(cache, task=CODE, num_clients=9, partition="meta", partition_key="instruction_language")
+    table = module.partition_report
+    assert sum(row.train for row in table.rows) == 263 and len(table.values) == 15
+    assert all(sum(row.counts[v] > 0 for row in table.rows) == 1 for v in table.values)  # each language on one client
+
+
+def test_dirichlet_is_reproducible_and_complete(cache: str) -> None:
+    first = _module(cache, task=DOLLY, num_clients=4, partition="dirichlet", dirichlet_alpha=0.3, min_client_size=10)
+    again = _module(cache, task=DOLLY, num_clients=4, partition="dirichlet", dirichlet_alpha=0.3, min_client_size=10)
+    assert first.partition_report == again.partition_report
+    assert sum(row.train for row in first.partition_report.rows) == 200
+    assert min(row.train for row in first.partition_report.rows) >= 10
+
+
+def test_per_client_validation_split(cache: str) -> None:
+    module = _module(cache, task=DOLLY, num_clients=8, partition="meta", val_fraction=0.2)
+    assert [(row.train, row.val) for row in module.partition_report.rows] == [(20, 5)] * 8
+    val = [tuple(e["input_ids"]) for e in module.client_val_dataloader(3).dataset]
+    train = {tuple(e["input_ids"]) for e in module.client_dataloader(3).dataset}
+    assert len(val) == 5 and not train & set(val)
+    batch = next(iter(module.client_val_dataloader(3)))
+    assert batch["input_ids"].shape[0] == 5
+
+
+def test_partition_report_text_png_and_run_folder(cache: str, tmp_path: Path) -> None:
+    module = FederatedInstructionDataModule(
+        task=DOLLY, num_clients=8, partition="meta", max_length=512, max_public_examples=20, cache_dir=cache
+    )
+    module.trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path / "run"))  # type: ignore[assignment]
+    module.setup()
+    text = (tmp_path / "run" / "partition.txt").read_text()
+    assert text.splitlines()[0] == "Partition by 'category'"
+    assert text.splitlines()[-1].split() == ["total", "200", "0", "0", *["25"] * 8]
+    assert (tmp_path / "run" / "partition.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = module.write_partition_report(tmp_path / "elsewhere")
+    assert [path.name for path in written] == ["partition.txt", "partition.png"]
+
+
+def test_sources_are_saved_as_plain_dicts_and_accepted_back() -> None:
+    module = FederatedInstructionDataModule(task=DOLLY)
+    assert module.hparams["task"] == {
+        "path": "embedded:data/dolly/dolly_sample.jsonl", "format": "dolly", "split": "train", "config": None,
+        "fields": {}, "strip_calculator_annotations": False, "drop_empty": False,
+    }
+    assert FederatedInstructionDataModule(**module.hparams).task == DOLLY

@@ -1,4 +1,4 @@
-"""Prompt templates, GSM8K conversion, example tokenisation and batch padding."""
+"""Prompt templates, record conversions, example tokenisation, batch padding and tokenizer fingerprints."""
 
 from __future__ import annotations
 
@@ -9,8 +9,23 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.prompts import format_prompt, gsm8k_to_instruction
-from fedbiot_pl.tokenization import IGNORE_INDEX, InstructionCollator, ensure_pad_token, tokenize_example
+from fedbiot_pl.prompts import (
+    format_prompt,
+    gsm8k_to_instruction,
+    instruction_language,
+    strip_calculator_annotations,
+    strip_no_break_spaces,
+)
+from fedbiot_pl.tokenization import (
+    IGNORE_INDEX,
+    GenerationCollator,
+    InstructionCollator,
+    encode_prompt,
+    ensure_pad_token,
+    tokenize_batch,
+    tokenize_example,
+    tokenizer_fingerprint,
+)
 
 TOKENIZER_DIR = resolve("embedded:models/stories260K")
 
@@ -168,3 +183,74 @@ def test_collator_errors() -> None:
         InstructionCollator(pad_token_id=0)([])
     with pytest.raises(ValueError, match="Example 1 of the batch has 2 input_ids but 3 labels"):
         InstructionCollator(pad_token_id=0)([EXAMPLES[0], {"input_ids": [1, 7], "labels": [-100, 7, 2]}])
+
+
+def test_strip_calculator_annotations() -> None:
+    assert strip_calculator_annotations("48/2 = <<48/2=24>>24 clips, <<1+1=2>>2") == "48/2 = 24 clips, 2"
+
+
+def test_gsm8k_can_drop_annotations() -> None:
+    answer = "In May she sold 48/2 = <<48/2=24>>24 clips.\n#### 72"
+    assert gsm8k_to_instruction("Q?", answer, strip_annotations=True) == ("Q?", "In May she sold 48/2 = 24 clips.\nThe answer is 72")
+
+
+def test_strip_no_break_spaces() -> None:
+    assert strip_no_break_spaces("int\u00a0x\u00a0= 1;") == "intx= 1;"
+
+
+@pytest.mark.parametrize(
+    ("instruction", "language"),
+    [
+        ("Write a Python function that adds two numbers.", "Python"),
+        ("Port this Java code to C++.", "C++"),  # C++ is tried before Java
+        ("Write a JavaScript function to reverse a string.", "JavaScript"),  # not Java
+        ("Create a SQL query to count the rows.", "SQL"),
+        ("Create an HTML page with a form.", "HTML/CSS"),
+        ("Summarize the following text.", "other"),
+    ],
+)
+def test_instruction_language(instruction: str, language: str) -> None:
+    assert instruction_language(instruction) == language
+
+
+def test_tokenize_batch_matches_hand_ids_and_marks_dropped_examples(tokenizer: PreTrainedTokenizerBase) -> None:
+    batch = tokenize_batch(tokenizer, [PROMPT, PROMPT + RESPONSE, PROMPT], [RESPONSE, "", RESPONSE], max_length=64)
+    assert batch["input_ids"][0] == [BOS, *PROMPT_IDS, *RESPONSE_IDS, EOS]
+    assert batch["labels"][0] == [IGNORE_INDEX] * 12 + [*RESPONSE_IDS, EOS]
+    # An empty response still teaches the EOS.
+    assert batch["input_ids"][1] == [BOS, *PROMPT_IDS, *RESPONSE_IDS, EOS]
+    assert batch["labels"][1] == [IGNORE_INDEX] * 15 + [EOS]
+    cut = tokenize_batch(tokenizer, [PROMPT, PROMPT], [RESPONSE, RESPONSE], max_length=12)
+    assert cut == {"input_ids": [[], []], "labels": [[], []]}  # nothing of the response fits
+
+
+def test_tokenize_batch_rejects_mismatched_lists(tokenizer: PreTrainedTokenizerBase) -> None:
+    with pytest.raises(ValueError, match="Got 2 prompts but 1 responses"):
+        tokenize_batch(tokenizer, [PROMPT, PROMPT], [RESPONSE], max_length=8)
+
+
+def test_encode_prompt_is_the_training_prefix(tokenizer: PreTrainedTokenizerBase) -> None:
+    assert encode_prompt(tokenizer, PROMPT) == [BOS, *PROMPT_IDS]
+
+
+def test_generation_collator_pads_left() -> None:
+    batch = GenerationCollator(pad_token_id=2)([{"input_ids": [1, 5, 6], "labels": [0]}, {"input_ids": [1, 7]}])
+    assert set(batch) == {"input_ids", "attention_mask"}
+    assert torch.equal(batch["input_ids"], torch.tensor([[1, 5, 6], [2, 1, 7]]))
+    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    with pytest.raises(ValueError, match="empty batch"):
+        GenerationCollator(pad_token_id=0)([])
+    with pytest.raises(ValueError, match="Prompt 1 of the batch is empty"):
+        GenerationCollator(pad_token_id=0)([{"input_ids": [1]}, {"input_ids": []}])
+
+
+def test_tokenizer_fingerprint_tracks_content_not_state() -> None:
+    first = ensure_pad_token(AutoTokenizer.from_pretrained(TOKENIZER_DIR, local_files_only=True))
+    second = ensure_pad_token(AutoTokenizer.from_pretrained(TOKENIZER_DIR, local_files_only=True))
+    assert tokenizer_fingerprint(first) == tokenizer_fingerprint(second)
+    second(["a b c d e f", "a"], truncation=True, max_length=3, padding=True)  # leaves truncation/padding state
+    assert tokenizer_fingerprint(first) == tokenizer_fingerprint(second)
+    with_eos = ensure_pad_token(
+        AutoTokenizer.from_pretrained(TOKENIZER_DIR, local_files_only=True, add_eos_token=True)
+    )
+    assert tokenizer_fingerprint(with_eos) != tokenizer_fingerprint(first)
