@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fedbiot-evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run folder holding config.yaml (e.g. runs/fedbiot/version_0)")
     p.add_argument("--ckpt", help="a .ckpt, a compressed_lora.safetensors or a final_adapter folder")
-    p.add_argument("--task", choices=("gsm8k", "humaneval", "dolly"), default="gsm8k")
+    p.add_argument("--task", choices=("gsm8k", "humaneval", "dolly", "mc"), default="gsm8k",
+                   help="mc: a local multiple-choice jsonl (question, choices, answer index), ranked by log-likelihood")
     p.add_argument("--data", help="evaluation file (.jsonl/.jsonl.gz); gsm8k defaults to the embedded test sample")
     p.add_argument("--variants", default="adapfu,adapemu", help="comma list of adapfu, adapemu")
     p.add_argument("--limit", type=int, help="evaluate the first N rows only")

@@ -1,4 +1,6 @@
-"""Evaluate a split (AdapFu and/or AdapEmu) on GSM8K, HumanEval or Dolly: prompts, generation, scores.
+"""Evaluate a split (AdapFu and/or AdapEmu) on GSM8K, HumanEval, Dolly, or any local multiple-choice
+set (rows with ``question``, optional ``context``, ``choices`` and the ``answer`` index; HELM-style
+tasks exported to that shape): prompts, generation or choice log-likelihoods, scores.
 
 Used by ``python -m fedbiot_pl.evaluate`` (or ``python train.py evaluate``) on a finished run and
 by :class:`~fedbiot_pl.callbacks.PeriodicEvaluation` during one.
@@ -22,9 +24,9 @@ from fedbiot_pl.eval_prompts import clean_code, code_prompt, gsm8k_prompt, qa_pr
 from fedbiot_pl.modules.generation_module import GenerationModule, GenerationSettings, Variant, left_padded_batches
 from fedbiot_pl.split import SplitModel
 
-Task = Literal["gsm8k", "humaneval", "dolly"]
+Task = Literal["gsm8k", "humaneval", "dolly", "mc"]
 REQUIRED = {"gsm8k": ("question", "answer"), "humaneval": ("task_id", "prompt", "test", "entry_point"),
-            "dolly": ("instruction", "response")}
+            "dolly": ("instruction", "response"), "mc": ("question",)}
 DEFAULT_DATA = {"gsm8k": "embedded:data/gsm8k/test_sample.jsonl"}
 
 
@@ -48,7 +50,61 @@ def read_eval_records(task: Task, path: str, limit: int | None = None) -> list[d
         missing = [f for f in REQUIRED[task] if not isinstance(row.get(f), str)]
         if missing:
             raise ValueError(f"{file}: row {number} lacks the string field(s) {missing} that {task} evaluation needs.")
+        if task == "mc" and not _valid_choices(row):
+            raise ValueError(f"{file}: row {number} needs `choices` (a list of >= 2 strings) and `answer` (the "
+                             "0-based index of the correct choice).")
     return rows
+
+
+def _valid_choices(row: dict[str, Any]) -> bool:
+    choices, answer = row.get("choices"), row.get("answer")
+    return (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)
+            and isinstance(answer, int) and 0 <= answer < len(choices))
+
+
+@torch.no_grad()
+def choice_logliks(model: torch.nn.Module, tokenizer: Any, prompt: str, choices: Sequence[str],
+                   normalize: bool = False) -> list[float]:
+    """Log-likelihood of each choice's tokens after ``prompt`` (mean per token with ``normalize``).
+
+    The choice is tokenised together with the prompt, so its score counts exactly the tokens that
+    follow the prompt's own tokens.
+    """
+    from fedbiot_pl.tokenization import encode_prompt
+
+    device = next(model.parameters()).device
+    prefix = encode_prompt(tokenizer, prompt)
+    scores = []
+    for choice in choices:
+        ids = encode_prompt(tokenizer, prompt + choice)
+        if ids[: len(prefix)] != prefix or len(ids) == len(prefix):
+            raise ValueError(f"choice {choice!r} does not extend the prompt's tokens; start it with a space.")
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        targets = torch.tensor(ids[1:], device=device)
+        picked = logprobs.gather(1, targets[:, None])[len(prefix) - 1 :, 0]
+        scores.append(float(picked.mean() if normalize else picked.sum()))
+    return scores
+
+
+def multiple_choice(split: SplitModel, tokenizer: Any, rows: Sequence[dict[str, Any]],
+                    variants: Sequence[Variant]) -> EvalResult:
+    """Accuracy of picking the choice with the highest log-likelihood after the Alpaca prompt."""
+    from fedbiot_pl.metrics import MultipleChoiceAccuracy
+
+    split.eval()
+    result = EvalResult("mc", {}, {})
+    for variant in variants:
+        model = split.full_with_adapter if variant == "adapfu" else split.compressed
+        metric, predictions = MultipleChoiceAccuracy(), []
+        for i, row in enumerate(rows):
+            prompt = qa_prompt(row["question"], row.get("context") or "")
+            scores = choice_logliks(model, tokenizer, prompt, [f" {c}" for c in row["choices"]])
+            metric.update([scores], [row["answer"]])
+            predictions.append({"index": i, "scores": scores, "choice": max(range(len(scores)), key=scores.__getitem__)})
+        result.metrics[variant] = {"accuracy": float(metric.compute())}
+        result.predictions[variant] = predictions
+    return result
 
 
 def build_prompts(task: Task, rows: Sequence[dict[str, Any]], shots: int = 8, seed: int = 0) -> list[str]:
@@ -124,7 +180,9 @@ def evaluate_split(split: SplitModel, tokenizer: Any, task: Task, rows: Sequence
                    variants: Sequence[Variant] = ("adapfu", "adapemu"), settings: GenerationSettings | None = None,
                    batch_size: int = 8, shots: int = 8, seed: int = 0, ks: Sequence[int] = (1,),
                    device: torch.device | None = None) -> EvalResult:
-    """Generate with each variant, post-process and score."""
+    """Generate with each variant, post-process and score (``mc``: rank the choices instead)."""
+    if task == "mc":
+        return multiple_choice(split, tokenizer, rows, variants)
     settings = settings or GenerationSettings()
     prompts = build_prompts(task, rows, shots=shots, seed=seed)
     result = EvalResult(task, {}, {})

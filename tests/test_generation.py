@@ -108,3 +108,31 @@ def test_run_lora_round_trip_from_export_and_errors(tmp_path, stories):
     assert set(state) == set(live) and all(torch.equal(state[k], live[k]) for k in state)
     with pytest.raises(FileNotFoundError, match="pass a round checkpoint"):
         load_run_lora(tmp_path / "missing")
+
+
+def test_choice_logliks_equal_a_hand_sum_and_mc_accuracy(tmp_path, stories):
+    import json
+
+    from fedbiot_pl.evaluation import choice_logliks, evaluate_split
+    from fedbiot_pl.tokenization import encode_prompt
+
+    split, tokenizer = stories
+    split.eval()
+    model = split.compressed
+    prompt, choice = "Once upon a time", " there was a girl"
+    (score,) = choice_logliks(model, tokenizer, prompt, [choice])
+    prefix, ids = encode_prompt(tokenizer, prompt), encode_prompt(tokenizer, prompt + choice)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    expected = sum(float(logprobs[t - 1, ids[t]]) for t in range(len(prefix), len(ids)))
+    assert abs(score - expected) < 1e-4
+    rows_file = tmp_path / "mc.jsonl"
+    rows = [{"question": "Once upon a time", "choices": ["there was a little girl", "zq xv kk pp"], "answer": 0},
+            {"question": "Lily saw a", "choices": ["qq zz xx", "big red ball"], "answer": 1}]
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate_split(split, tokenizer, "mc", read_eval_records("mc", str(rows_file)), ["adapfu", "adapemu"])
+    # a story model prefers the fluent continuation: both answers right, for both variants
+    assert result.metrics == {"adapfu": {"accuracy": 1.0}, "adapemu": {"accuracy": 1.0}}
+    rows_file.write_text(json.dumps({"question": "q", "choices": ["a"], "answer": 0}) + "\n")
+    with pytest.raises(ValueError, match="row 1 needs `choices`"):
+        read_eval_records("mc", str(rows_file))
