@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="completions per prompt (pass@k needs n >= k)")
+    p.add_argument("--generation", help="YAML file of decoding settings (GenerationSettings fields); overrides the "
+                                       "decoding flags above")
     p.add_argument("--k", default="1", help="comma list of k for pass@k")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration order and of sampling")
     p.add_argument("--device", help="torch device for generation (default: cuda if available, else cpu)")
@@ -89,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ckpt and not ckpt.exists():
             ckpt = run / "final_adapter"
         lora = load_run_lora(ckpt)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+        settings = GenerationSettings(
+            max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+            top_p=args.top_p, top_k=args.top_k, num_return_sequences=args.num_samples,
+        )
+        if args.generation:
+            settings = GenerationSettings(**(yaml.safe_load(Path(args.generation).read_text()) or {}))
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         print(f"fedbiot-evaluate: error: {error}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
@@ -98,10 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     split.load_lora_state(lora)
     path = resolve(tokenizer_name)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, num_return_sequences=args.num_samples,
-    )
     result = evaluate_split(split, tokenizer, args.task, rows, variants, settings, args.batch_size,
                             args.shots, args.seed, ks, device)
     out = run / "eval"

@@ -8,8 +8,6 @@ by :class:`~fedbiot_pl.callbacks.PeriodicEvaluation` during one.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.eval_prompts import clean_code, code_prompt, gsm8k_prompt, qa_prompt, strip_chat_tail
 from fedbiot_pl.modules.generation_module import GenerationModule, GenerationSettings, Variant, left_padded_batches
+from fedbiot_pl.score import read_records
 from fedbiot_pl.split import SplitModel
 
 Task = Literal["gsm8k", "humaneval", "dolly", "mc"]
@@ -39,21 +38,16 @@ def read_eval_records(task: Task, path: str, limit: int | None = None) -> list[d
     file = Path(resolve(path))
     if not file.is_file():
         raise FileNotFoundError(f"evaluation data {path!r} does not exist (looked for {file}).")
-    opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rt", encoding="utf-8") as handle:
-        text = handle.read()
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    rows = rows[:limit] if limit else rows
-    if not rows:
-        raise ValueError(f"{file} holds no evaluation rows.")
-    for number, row in enumerate(rows, start=1):
+    numbered = read_records(file)
+    numbered = numbered[:limit] if limit else numbered
+    for number, row in numbered:
         missing = [f for f in REQUIRED[task] if not isinstance(row.get(f), str)]
         if missing:
             raise ValueError(f"{file}: row {number} lacks the string field(s) {missing} that {task} evaluation needs.")
         if task == "mc" and not _valid_choices(row):
             raise ValueError(f"{file}: row {number} needs `choices` (a list of >= 2 strings) and `answer` (the "
                              "0-based index of the correct choice).")
-    return rows
+    return [row for _, row in numbered]
 
 
 def _valid_choices(row: dict[str, Any]) -> bool:

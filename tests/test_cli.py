@@ -57,8 +57,10 @@ def test_cli_run_writes_metrics_config_checkpoints_and_a_peft_adapter(tmp_path):
     assert split["emulator"] == [0, 2] and split["top_adapter"] == [3, 4]
 
     # Evaluate the run's last checkpoint with both variants (`python train.py evaluate ...`).
+    generation = tmp_path / "generation.yaml"
+    generation.write_text("max_new_tokens: 8\ndo_sample: true\ntemperature: 0.8\ntop_p: 0.95\n")
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", "--run", str(run), "--task", "gsm8k", "--limit", "3", "--max-new-tokens", "8",
+        main(["evaluate", "--run", str(run), "--task", "gsm8k", "--limit", "3", "--generation", str(generation),
               "--shots", "1", "--batch-size", "2"])
     assert exit_info.value.code == 0
     report = json.loads((run / "eval" / "gsm8k.metrics.json").read_text())
@@ -75,6 +77,7 @@ def test_cli_run_writes_metrics_config_checkpoints_and_a_peft_adapter(tmp_path):
         (["--run", "nowhere"], "nowhere/config.yaml does not exist"),
         (["--run", ".", "--variants", "adapfu,full"], "--variants takes adapfu and/or adapemu"),
         (["--run", ".", "--task", "humaneval", "--k", "10", "--data", "x.jsonl"], "pass@10 needs --num-samples >= 10"),
+        (["--run", "tests", "--generation", "tests/gen.yaml"], "tests/config.yaml does not exist"),
     ],
 )
 def test_evaluate_bad_input_exits_2_naming_the_value(args, message, capsys):
