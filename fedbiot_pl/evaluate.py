@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"task": args.task, "checkpoint": str(ckpt), "data": data, "rows": len(rows), "metrics": result.metrics}
     text = json.dumps(summary, indent=2)
     atomic_write(out / f"{args.task}.metrics.json", lambda tmp: Path(tmp).write_text(text))
-    print(text if args.json else "", end="\n" if args.json else "")
-    if not args.json:
+    if args.json:
+        print(text)
+    else:
         print_table(result)
     return 0
 

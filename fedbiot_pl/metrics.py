@@ -155,20 +155,11 @@ class GSM8KAccuracy(_Average):
         self._add(scores)
 
 
-class MultipleChoiceAccuracy(Metric):
+class MultipleChoiceAccuracy(_Average):
     """Share of questions whose highest-scoring choice is the answer (ties: the first choice wins).
 
     The scores are whatever the caller ranks by: summed log-likelihoods, or length-normalised ones.
     """
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = True
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, choice_scores: Tensor | Sequence[Sequence[float]], answers: Tensor | Sequence[int]) -> None:
         """Add questions.
@@ -191,12 +182,7 @@ class MultipleChoiceAccuracy(Metric):
         if bad:
             raise ValueError(f"Answer index out of range for question(s) {bad}: answers {answers[bad].tolist()}, "
                              f"number of choices {counts[bad].tolist()}.")
-        self.correct += (scores.argmax(dim=1) == answers).sum()
-        self.total += answers.numel()
-
-    def compute(self) -> Tensor:
-        """Accuracy (NaN before any question)."""
-        return self.correct.double() / self.total
+        self._add((scores.argmax(dim=1) == answers).double().tolist())
 
 
 class PassAtK(Metric):
