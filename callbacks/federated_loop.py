@@ -13,6 +13,7 @@ from lightning.pytorch import Callback
 from typing_extensions import override
 
 from fedbiot_pl.aggregation import fedavg
+from fedbiot_pl.algorithms import Algorithm, algorithm_issues, algorithm_spec
 from fedbiot_pl.communication import CommLedger
 from fedbiot_pl.export import export_adapters
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
@@ -24,7 +25,14 @@ CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
 
 
 class FederatedLoop(Callback):
-    """Runs FedBiOT's rounds inside the server's ``Trainer.fit`` of an EmulatorAlignmentModule.
+    """Runs the rounds of FedBiOT (or a baseline) inside the server's ``Trainer.fit`` of an
+    EmulatorAlignmentModule.
+
+    ``algorithm`` picks FedBiOT or a baseline (:mod:`fedbiot_pl.algorithms`): the same loop, with
+    alignment only where the algorithm has it (FedBiOT every round; offsite-tuning and FedOT only
+    in the optional ``pre_alignment_rounds``; FedAvg-LoRA and FedProx never) and the algorithm's
+    proximal term on the clients. The split must have been made for the same algorithm (the CLI
+    links ``federated.algorithm`` into ``model.split.algorithm``).
 
     The server fit has ``pre_alignment_rounds + rounds`` epochs of ``align_steps`` optimizer steps
     on the public data (this callback sets ``max_epochs`` and ``limit_train_batches``). The first
@@ -46,13 +54,15 @@ class FederatedLoop(Callback):
     the end of fit the final adapters are exported to ``<log_dir>/final_adapter``.
 
     Args:
+        algorithm: ``fedbiot``, ``offsite_tuning``, ``fedot``, ``fedavg_lora`` or ``fedprox``.
         rounds: federated rounds.
         pre_alignment_rounds: alignment-only epochs before the first round (paper: 50 or 100).
         align_steps: server alignment optimizer steps per epoch (paper: 5).
         local_steps: client optimizer steps per round (paper: 30).
         client_accumulate_grad_batches: micro-batches per client optimizer step (paper: 2).
         clients_per_round: ``null`` = all clients, an int = that many, a float = that fraction.
-        proximal_weight: epsilon of the client's proximal term.
+        proximal_weight: epsilon (FedBiOT) or mu (FedProx) of the client's proximal term; must be 0
+            for the algorithms without one.
         client_lr: client AdamW learning rate.
         client_betas: client AdamW betas.
         client_weight_decay: client AdamW weight decay.
@@ -63,6 +73,7 @@ class FederatedLoop(Callback):
 
     def __init__(
         self,
+        algorithm: Algorithm = "fedbiot",
         rounds: int = 3,
         pre_alignment_rounds: int = 0,
         align_steps: int = 5,
@@ -89,15 +100,22 @@ class FederatedLoop(Callback):
             issues.append(f"weighting must be 'examples' or 'uniform', got {weighting!r}.")
         if proximal_weight < 0 or client_lr <= 0:
             issues.append(f"proximal_weight must be >= 0 and client_lr > 0, got {proximal_weight}, {client_lr}.")
+        try:
+            self.spec = algorithm_spec(algorithm)
+            issues += algorithm_issues(self.spec, num_clients=None, pre_alignment_rounds=pre_alignment_rounds,
+                                       proximal_weight=proximal_weight)
+        except ValueError as error:
+            issues.append(f"algorithm: {error}")
         if issues:
             raise ValueError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
+        self.algorithm = algorithm
         self.rounds, self.pre_alignment_rounds = rounds, pre_alignment_rounds
         self.align_steps, self.local_steps = align_steps, local_steps
         self.client_accumulate_grad_batches = client_accumulate_grad_batches
         self.clients_per_round = clients_per_round
         self.client_hparams = {
             "proximal_weight": proximal_weight, "lr": client_lr, "betas": tuple(client_betas),
-            "weight_decay": client_weight_decay,
+            "weight_decay": client_weight_decay, "proximal": self.spec.proximal or "delta_w",
         }
         self.weighting, self.seed = weighting, seed
         self.export_final_adapter = export_final_adapter
@@ -112,8 +130,14 @@ class FederatedLoop(Callback):
         if stage != "fit":
             return
         issues = []
-        if not hasattr(pl_module, "split"):
+        split = getattr(pl_module, "split", None)
+        if split is None:
             issues.append(f"the model must be an EmulatorAlignmentModule (with .split), got {type(pl_module).__name__}.")
+        elif getattr(split, "algorithm", "fedbiot") != self.algorithm:
+            issues.append(
+                f"the split was made for algorithm {split.algorithm!r} but the loop runs {self.algorithm!r}; "
+                f"build SplitModel(algorithm={self.algorithm!r}, ...)."
+            )
         datamodule = trainer.datamodule
         missing = [name for name in CLIENT_API if not hasattr(datamodule, name)]
         if datamodule is None or missing:
@@ -126,13 +150,19 @@ class FederatedLoop(Callback):
                 clients_per_round(datamodule.num_clients, self.clients_per_round)
             except ValueError as error:
                 issues.append(str(error))
+            issues += algorithm_issues(self.spec, num_clients=datamodule.num_clients, pre_alignment_rounds=0,
+                                       proximal_weight=self.client_hparams["proximal_weight"])
         if trainer.max_steps != -1:
             issues.append(f"set trainer.max_steps to -1 (got {trainer.max_steps}); FederatedLoop.rounds sets the length.")
         if issues:
             raise ValueError("FederatedLoop cannot run:\n  " + "\n  ".join(issues))
-        # One epoch per round, `align_steps` optimizer steps each.
+        # One epoch per round, `align_steps` optimizer steps each (one no-op batch if nothing aligns).
         trainer.fit_loop.max_epochs = self.pre_alignment_rounds + self.rounds
-        trainer.limit_train_batches = self.align_steps * trainer.accumulate_grad_batches
+        trainer.limit_train_batches = self._server_batches(trainer)
+
+    def _server_batches(self, trainer: pl.Trainer) -> int:
+        aligns = self.pre_alignment_rounds > 0 or self.spec.aligns_each_round
+        return (self.align_steps if aligns else 1) * trainer.accumulate_grad_batches
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -140,7 +170,7 @@ class FederatedLoop(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        wanted = self.align_steps * trainer.accumulate_grad_batches
+        wanted = self._server_batches(trainer)
         if trainer.num_training_batches < wanted:
             raise ValueError(
                 f"the public data has {trainer.num_training_batches} batches, fewer than align_steps x "
@@ -156,6 +186,8 @@ class FederatedLoop(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._round_metrics = {}
         round_idx = self.round_index(trainer.current_epoch)
+        # The server aligns in pre-alignment epochs, and after each round only if the algorithm does.
+        pl_module.alignment_enabled = round_idx is None or self.spec.aligns_each_round
         if round_idx is None:
             return
         started = time.perf_counter()

@@ -46,6 +46,8 @@ class FedBiOTCLI(LightningCLI):
         )
         # The clients' tokenizer is the model's.
         parser.link_arguments("model.split.init_args.model", "data.tokenizer")
+        # One switch selects the algorithm: the loop's and the split's.
+        parser.link_arguments("federated.algorithm", "model.split.init_args.algorithm")
         parser.link_arguments("seed_everything", "federated.seed")
         parser.link_arguments("seed_everything", "data.seed")
 

@@ -53,7 +53,10 @@ def run_split_args(run: Path) -> tuple[dict, str]:
         raise FileNotFoundError(f"{config_file} does not exist; --run must be a run folder written by train.py.")
     config = yaml.safe_load(config_file.read_text())
     split = config["model"]["split"]
-    split_args = split.get("init_args", split)
+    split_args = dict(split.get("init_args", split))
+    algorithm = (config.get("federated") or {}).get("algorithm")
+    if algorithm is not None:  # the CLI links federated.algorithm into the split
+        split_args.setdefault("algorithm", algorithm)
     return split_args, (config.get("data") or {}).get("tokenizer") or split_args["model"]
 
 

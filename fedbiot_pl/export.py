@@ -72,6 +72,7 @@ def export_adapters(split: SplitModel, out_dir: str | Path) -> Path:
     atomic_write(out / "compressed_lora.safetensors", lambda tmp: save_file(compressed, tmp))
     description = {
         "model": split.model_name,
+        "algorithm": split.algorithm,
         "full_layers": layout.num_full_layers,
         "bottom_adapter": list(layout.bottom_adapter),
         "emulator": list(layout.emulator),

@@ -80,13 +80,20 @@ class LayerLayout:
 
 
 def layer_layout(
-    num_layers: int, adapter_layers: int, drop_rate: float, bottom_adapter_layers: int = 0
+    num_layers: int, adapter_layers: int, drop_rate: float, bottom_adapter_layers: int = 0, full_model: bool = False
 ) -> LayerLayout:
     """Split ``num_layers`` decoder layers into adapter and (compressed) emulator layers.
+
+    With ``full_model=True`` (FedAvg-LoRA, FedProx) every layer is an adapter layer and there is no
+    emulator; ``adapter_layers``, ``drop_rate`` and ``bottom_adapter_layers`` are then not used.
 
     Raises:
         ValueError: listing every impossible setting at once.
     """
+    if full_model:
+        if num_layers < 1:
+            raise ValueError(f"Invalid split: the model has {num_layers} decoder layers.")
+        return LayerLayout(num_layers, (), (), tuple(range(num_layers)))
     issues = []
     if adapter_layers < 1:
         issues.append(f"adapter_layers must be >= 1, got {adapter_layers}.")

@@ -6,6 +6,7 @@
   averaged over positions (teacher = full model with the current adapter).
 * :func:`lora_proximal` -- the client's proximal term ``sum_m ||s B A - s B_t A_t||_F^2`` over LoRA
   modules, computed from the rank-r factors without forming the d_out x d_in products.
+* :func:`lora_param_proximal` -- FedProx's ``1/2 sum ||theta - theta_t||^2`` over the LoRA factors.
 
 ``mask`` (``(B, T)``, 1 = real token) restricts a term to real tokens; ``None`` uses every position,
 padding included, as the reference code does (its quirk B6).
@@ -65,3 +66,20 @@ def lora_proximal(pairs: Iterable[tuple[Tensor, Tensor, Tensor, Tensor, float]])
     if not terms:
         raise ValueError("lora_proximal got no LoRA modules; the adapter has no LoRA weights.")
     return torch.stack(terms).sum()
+
+
+def lora_param_proximal(pairs: Iterable[tuple[Tensor, Tensor, Tensor, Tensor, float]]) -> Tensor:
+    """FedProx's term ``1/2 * sum(||A - A_t||^2 + ||B - B_t||^2)`` over the same tuples (in float32).
+
+    FedProx (Li et al., 2020) adds ``mu/2 ||w - w_t||^2`` on the trained parameters, here the LoRA
+    factors; the caller multiplies by ``mu``.
+    """
+    terms = [((a.float() - a0.float()) ** 2).sum() + ((b.float() - b0.float()) ** 2).sum() for a, b, a0, b0, _ in pairs]
+    if not terms:
+        raise ValueError("lora_param_proximal got no LoRA modules; the trained part has no LoRA weights.")
+    return 0.5 * torch.stack(terms).sum()
+
+
+def causal_lm_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token cross-entropy in float32: ``logits[:, t]`` predicts ``labels[:, t + 1]``; -100 is ignored."""
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)

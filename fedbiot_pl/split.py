@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from fedbiot_pl.algorithms import Algorithm, algorithm_spec
 from fedbiot_pl.assets import DEFAULT_MODEL, resolve
 from fedbiot_pl.layer_drop import LayerLayout, layer_layout
 
@@ -103,12 +104,20 @@ class SplitModel(nn.Module):
         model: Hugging Face hub id, local folder, or ``embedded:models/stories260K``.
         adapter_layers: decoder layers at the top that form the adapter (the paper: 2 or 4).
         drop_rate: beta, the fraction of the lower layers dropped to form the emulator (0.2, 0.5).
-        bottom_adapter_layers: adapter layers at the input side (0 for FedBiOT; 2 for FedOT).
+        bottom_adapter_layers: adapter layers at the input side; ``null`` = the algorithm's (0 for
+            FedBiOT, 2 for offsite-tuning and FedOT).
         lora_r: LoRA rank.
         lora_alpha: LoRA alpha (scaling = alpha / r).
         lora_dropout: dropout on the LoRA input.
         lora_targets: names of the linear modules that get LoRA.
         dtype: dtype of the base weights (LoRA weights stay float32).
+        algorithm: the split's shape: ``fedbiot``, ``offsite_tuning`` and ``fedot`` compress the
+            middle into an emulator; ``fedavg_lora`` and ``fedprox`` keep the full model with LoRA on
+            every layer (``adapter_layers`` and ``drop_rate`` unused). The CLI sets it from
+            ``federated.algorithm``.
+        attn_implementation: attention kernel of the loaded model (``sdpa`` = PyTorch's
+            scaled-dot-product attention; ``eager``; ``flash_attention_2`` if installed).
+        gradient_checkpointing: recompute the activations of the trained layers in backward.
     """
 
     def __init__(
@@ -116,19 +125,28 @@ class SplitModel(nn.Module):
         model: str = DEFAULT_MODEL,
         adapter_layers: int = 2,
         drop_rate: float = 0.2,
-        bottom_adapter_layers: int = 0,
+        bottom_adapter_layers: int | None = None,
         lora_r: int = 8,
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
         lora_targets: list[str] | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        algorithm: Algorithm = "fedbiot",
+        attn_implementation: str = "sdpa",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.model_name = model
+        self.algorithm = algorithm
+        spec = algorithm_spec(algorithm)
+        if bottom_adapter_layers is None:
+            bottom_adapter_layers = spec.bottom_adapter_layers
         self.lora_r, self.lora_alpha, self.lora_dropout = lora_r, lora_alpha, lora_dropout
         self.lora_targets = list(lora_targets) if lora_targets is not None else ["q_proj", "v_proj"]
         self.dtype_name = dtype
-        self._split_args = (adapter_layers, drop_rate, bottom_adapter_layers)
+        self.attn_implementation = attn_implementation
+        self.gradient_checkpointing = gradient_checkpointing
+        self._split_args = (adapter_layers, drop_rate, bottom_adapter_layers, spec.full_model)
         self._prebuilt: nn.Module | None = None
         self.layout: LayerLayout | None = None
         self.built = False
@@ -203,6 +221,10 @@ class SplitModel(nn.Module):
         self.full = full
         self.compressed = get_peft_model(compressed, lora)
         self.lora_config = lora
+        if self.gradient_checkpointing:
+            self.compressed.get_base_model().gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         # AdapFu / KL teacher: the full layers with the (shared) adapter layers in their places.
         layers = list(full_layers)
         comp_layers = decoder_of(self.compressed.get_base_model()).layers
@@ -221,7 +243,7 @@ class SplitModel(nn.Module):
         path = resolve(self.model_name)
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=DTYPES[self.dtype_name], local_files_only=os.path.isdir(path),
-            device_map=None if device is None else {"": device},
+            device_map=None if device is None else {"": device}, attn_implementation=self.attn_implementation,
         )
 
     def _collect_lora(self) -> dict[str, tuple[int, nn.Parameter]]:

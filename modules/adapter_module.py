@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from fedbiot_pl.losses import lora_proximal
+from fedbiot_pl.algorithms import ProximalKind
+from fedbiot_pl.losses import lora_param_proximal, lora_proximal
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from fedbiot_pl.split import SplitModel
 
@@ -26,7 +27,9 @@ class AdapterFinetuneModule(LoRAPartModule):
 
     Args:
         split: the model split (built in ``configure_model`` if not yet).
-        proximal_weight: epsilon, the weight of the proximal term.
+        proximal_weight: epsilon (FedBiOT) or mu (FedProx), the weight of the proximal term.
+        proximal: ``delta_w`` = FedBiOT's ``||dW - dW_t||^2`` on ``dW = s B A``; ``params`` =
+            FedProx's ``1/2 ||theta - theta_t||^2`` on the LoRA factors.
         lr: AdamW learning rate.
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -44,10 +47,13 @@ class AdapterFinetuneModule(LoRAPartModule):
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.01,
         log_steps: bool = True,
+        proximal: ProximalKind = "delta_w",
     ) -> None:
         super().__init__(split, lr, betas, weight_decay)
         if proximal_weight < 0:
             raise ValueError(f"proximal_weight must be >= 0, got {proximal_weight}.")
+        if proximal not in ("delta_w", "params"):
+            raise ValueError(f"proximal must be 'delta_w' or 'params', got {proximal!r}.")
         self.save_hyperparameters(ignore=["split"])
         self._loss_sum, self._loss_count = torch.zeros(()), 0  # cross-entropy over the current fit
         self._anchor: list[tuple[Tensor, Tensor, Tensor, Tensor, float]] = []
@@ -76,7 +82,8 @@ class AdapterFinetuneModule(LoRAPartModule):
         self._loss_count += 1
         logs = {"train/ce": out.loss}
         if self.hparams.proximal_weight > 0:
-            proximal = lora_proximal(self._anchor)
+            term = lora_proximal if self.hparams.proximal == "delta_w" else lora_param_proximal
+            proximal = term(self._anchor)
             loss = loss + self.hparams.proximal_weight * proximal
             logs["train/proximal"] = proximal
         if self.hparams.log_steps:

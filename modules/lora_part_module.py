@@ -50,8 +50,10 @@ class LoRAPartModule(LightningModule):
         self.split.set_trainable(self.trained_part)
 
     @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
         params = list(self.split.lora_parameters(self.trained_part).values())
+        if not params:  # e.g. the emulator of FedAvg-LoRA's full-model split: nothing to train
+            return None
         return torch.optim.AdamW(
             params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
         )
