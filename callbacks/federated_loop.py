@@ -40,7 +40,8 @@ class FederatedLoop(Callback):
     (round ``t``) the callback:
 
     1. samples the round's clients (all, a number, or a fraction; a pure function of seed and round),
-    2. broadcasts the global emulator LoRA + adapter LoRA (counted in the ledger),
+    2. broadcasts the global emulator LoRA + adapter LoRA (counted in the ledger; algorithms that do
+       not align during the rounds send the fixed emulator LoRA in round 0 only),
     3. fits an :class:`AdapterFinetuneModule` per client for ``local_steps`` optimizer steps with a
        fresh lean Trainer (fresh optimizer, no logger, no checkpointing) on the client's data,
     4. sets the adapter LoRA to the sample-weighted FedAvg of the uploads,
@@ -193,7 +194,8 @@ class FederatedLoop(Callback):
         started = time.perf_counter()
         datamodule, split = trainer.datamodule, pl_module.split
         clients = sample_clients(datamodule.num_clients, self.clients_per_round, self.seed, round_idx)
-        broadcast = split.lora_state("all")  # emulator LoRA + adapter LoRA
+        # Emulator LoRA + adapter LoRA; an emulator that no longer changes goes out in round 0 only.
+        broadcast = split.lora_state("all" if self.spec.aligns_each_round or round_idx == 0 else "adapter")
         down = self.ledger.record_down(broadcast, len(clients))
         global_adapter = {key: broadcast[key] for key in split.lora_parameters("adapter")}
         uploads, weights, metrics, up = [], [], {}, 0

@@ -1,12 +1,15 @@
-"""``fedbiot-plan``: what a FedBiOT split costs, from the model's ``config.json`` alone.
+"""``fedbiot-plan``: what FedBiOT (or a baseline) costs, from the model's ``config.json`` alone.
 
 The full model is instantiated on the meta device (no weights, no memory), split and LoRA-injected
 by :class:`~fedbiot_pl.split.SplitModel` exactly as in training, and every figure is a ``numel()``
 of that model: layers kept, parameter counts, trainable LoRA on clients and server, and the bytes
-one round moves (LoRA as float32) plus the one-time download of the compressed base weights::
+one round moves (LoRA as float32) plus the one-time download of the compressed base weights, and an
+estimate of a client's peak training memory (:mod:`fedbiot_pl.memory_estimate`). ``--compare`` puts
+every algorithm side by side::
 
     fedbiot-plan --model configs/models/llama2-7b --adapter-layers 2 --drop-rate 0.2 --lora-r 8
     fedbiot-plan --config fedbiot_pl/assets/configs/default.yaml --json
+    fedbiot-plan --model configs/models/llama2-7b --compare --clients 3
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import torch
 import yaml
 from torch import nn
 
+from fedbiot_pl.algorithms import ALGORITHMS, algorithm_spec
 from fedbiot_pl.assets import resolve
+from fedbiot_pl.memory_estimate import client_peak_memory
 from fedbiot_pl.sampling import clients_per_round
 from fedbiot_pl.split import DTYPES, SplitModel
 
@@ -44,7 +49,8 @@ def count(named: Iterable[tuple[str, nn.Parameter]], lora: bool) -> int:
 
 
 def traffic(emulator_lora: int, adapter_lora: int, clients: int) -> dict[str, dict[str, int]]:
-    """LoRA a round moves: each client downloads emulator + adapter LoRA and uploads adapter LoRA."""
+    """LoRA a round moves: each client downloads emulator + adapter LoRA and uploads adapter LoRA
+    (pass ``emulator_lora=0`` for algorithms whose emulator does not change during the rounds)."""
     down, up = emulator_lora + adapter_lora, adapter_lora
     one = {"download_params": down, "download_bytes": down * LORA_BYTES,
            "upload_params": up, "upload_bytes": up * LORA_BYTES}
@@ -106,13 +112,17 @@ def load_config(model: str) -> Any:
         raise OSError(f"cannot load the model config of {model!r}: {error}") from None
 
 
-def plan(model: str, clients: int = 1, dtype: str | None = None, **split_kwargs: Any) -> dict[str, Any]:
+def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str = "fedbiot",
+         micro_batch_tokens: int = 4000, **split_kwargs: Any) -> dict[str, Any]:
     """Split ``model`` on the meta device and return every planning figure as a JSON-able dict.
 
     Args:
         model: hub id, model folder, ``config.json`` path or ``embedded:models/stories260K``.
         clients: clients taking part in each round.
         dtype: dtype of the base weights sent once; default the config's.
+        algorithm: ``fedbiot`` or a baseline (:mod:`fedbiot_pl.algorithms`).
+        micro_batch_tokens: tokens in one client micro-batch, for the memory estimate (the paper:
+            5 examples of up to 800 tokens).
         **split_kwargs: :class:`SplitModel` split/LoRA arguments (see :data:`SPLIT_KEYS`).
 
     Raises:
@@ -123,19 +133,31 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, **split_kwargs:
 
     if clients < 1:
         raise ValueError(f"clients must be >= 1, got {clients}.")
+    if micro_batch_tokens < 1:
+        raise ValueError(f"micro_batch_tokens must be >= 1, got {micro_batch_tokens}.")
+    spec = algorithm_spec(algorithm)
     with _quiet():
         config = load_config(model)
         dtype = dtype or dtype_name(config)
         with torch.device("meta"):
             full = AutoModelForCausalLM.from_config(config)
         try:
-            split = SplitModel.from_model(full, dtype=dtype, **split_kwargs).build()
+            split = SplitModel.from_model(full, dtype=dtype, algorithm=algorithm, **split_kwargs).build()
         except ValueError as error:
             raise ValueError(str(error).replace("'<in-memory>'", repr(model))) from None
     layout, base = split.layout, count(split.compressed.named_parameters(), lora=False)
     emulator_lora = sum(p.numel() for p in split.lora_parameters("emulator").values())
     adapter_lora = sum(p.numel() for p in split.lora_parameters("adapter").values())
+    moving_emulator = emulator_lora if spec.aligns_each_round else 0
+    # Backward crosses every layer from the lowest one with trained LoRA up to the top.
+    lowest_trained = min(layout.adapter_positions)
+    memory = client_peak_memory(
+        model_params=base, trained_lora=adapter_lora, layers_with_activations=len(layout.compressed) - lowest_trained,
+        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size, vocab_size=config.vocab_size,
+        tokens=micro_batch_tokens, dtype_bytes=DTYPES[dtype].itemsize,
+    )
     return {
+        "algorithm": algorithm,
         "model": {"name": model, "class": type(full).__name__, "num_layers": layout.num_full_layers,
                   "dtype": dtype},
         "split": {"adapter_layers": len(layout.top_adapter), "bottom_adapter_layers": len(layout.bottom_adapter),
@@ -144,9 +166,11 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, **split_kwargs:
         "layers": {"emulator": list(layout.emulator), "adapter": list(layout.bottom_adapter + layout.top_adapter)},
         "params": {"full": count(split.full.named_parameters(), lora=False), "compressed": base,
                    "emulator_lora": emulator_lora, "adapter_lora": adapter_lora},
-        "trainable": {"client": adapter_lora, "server": emulator_lora},
-        **traffic(emulator_lora, adapter_lora, clients),
-        "one_time": {"compressed_base_bytes": base * DTYPES[dtype].itemsize},
+        "trainable": {"client": adapter_lora, "server": moving_emulator},
+        **traffic(moving_emulator, adapter_lora, clients),
+        "one_time": {"compressed_base_bytes": base * DTYPES[dtype].itemsize,
+                     "emulator_lora_bytes": (emulator_lora - moving_emulator) * LORA_BYTES},
+        "client_peak_memory": {"micro_batch_tokens": micro_batch_tokens, **memory},
     }
 
 
@@ -156,8 +180,9 @@ def render(p: dict[str, Any]) -> str:
     one, rnd = p["per_client_per_round"], p["per_round"]
     kept, span = lay["emulator"], m["num_layers"] - len(lay["adapter"])
     clients = f"{rnd['clients']} client{'s' if rnd['clients'] != 1 else ''}"
+    mem = p["client_peak_memory"]
     return "\n".join([
-        f"FedBiOT plan for {m['name']} ({m['class']}, {m['num_layers']} decoder layers, {m['dtype']})",
+        f"{p['algorithm']} plan for {m['name']} ({m['class']}, {m['num_layers']} decoder layers, {m['dtype']})",
         (f"split: adapter layers {s['adapter_layers']} top + {s['bottom_adapter_layers']} bottom, drop rate "
          f"{s['drop_rate']}, LoRA r={s['lora_r']} alpha={s['lora_alpha']} on {', '.join(s['lora_targets'])}"),
         f"  emulator layers ({len(kept)} of {span} kept): {', '.join(map(str, kept))}",
@@ -177,7 +202,40 @@ def render(p: dict[str, Any]) -> str:
         f"  upload   {rnd['upload_params']:>14,} params  {size(rnd['upload_bytes'])}",
         (f"one-time download of the compressed base weights ({m['dtype']}): "
          f"{size(p['one_time']['compressed_base_bytes'])}"),
+        (f"client peak training memory, estimated for {mem['micro_batch_tokens']:,} tokens a micro-batch: "
+         f"{size(mem['total'])} (weights {size(mem['weights'])}, activations {size(mem['activations'])})"),
     ])
+
+
+def compare(model: str, algorithms: Iterable[str] = tuple(ALGORITHMS), **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`plan` of every algorithm in ``algorithms`` with the same model and settings."""
+    return [plan(model, algorithm=name, **kwargs) for name in algorithms]
+
+
+def render_comparison(plans: list[dict[str, Any]]) -> str:
+    """A markdown table of :func:`compare`'s plans, with the traffic reductions spelled out.
+
+    "vs full model" compares one client's LoRA download (or upload) in a round with sending the full
+    model's weights once (what full fine-tuning exchanges each way per client and round); "vs own
+    model" compares it with the model that client holds and adapts.
+    """
+    full = plans[0]["params"]["full"]
+    head = ("| algorithm | client model params | client trainable | down / client / round | up / client / round "
+            "| down vs full model | down vs own model | est. client peak memory |")
+    rows = [head, "|" + "---|" * 8]
+    for p in plans:
+        one, client_params = p["per_client_per_round"], p["params"]["compressed"]
+        rows.append(
+            f"| {p['algorithm']} | {client_params:,} | {p['trainable']['client']:,} | {one['download_params']:,} "
+            f"| {one['upload_params']:,} | {1 - one['download_params'] / full:.4%} "
+            f"| {1 - one['download_params'] / client_params:.4%} | {p['client_peak_memory']['total'] / 2**30:.2f} GiB |"
+        )
+    m = plans[0]["model"]
+    rows.append(
+        f"\n{m['name']}: {full:,} parameters ({m['dtype']}); LoRA travels as float32; peak memory for "
+        f"{plans[0]['client_peak_memory']['micro_batch_tokens']:,} tokens a micro-batch (fedbiot_pl.memory_estimate)."
+    )
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------- command line
@@ -196,6 +254,9 @@ def yaml_settings(path: str) -> dict[str, Any]:
     tree = yaml.safe_load(Path(path).read_text())
     split = _section(tree, "model", "split")
     found = {k: split[k] for k in ("model", "dtype", *SPLIT_KEYS) if split.get(k) is not None}
+    algorithm = _section(tree, "federated").get("algorithm") or split.get("algorithm")
+    if algorithm is not None:
+        found["algorithm"] = algorithm
     num_clients = _section(tree, "data").get("num_clients")
     per_round = _section(tree, "federated").get("clients_per_round")
     if num_clients is not None:
@@ -219,6 +280,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-targets", help="comma-separated linear modules (default q_proj,v_proj)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the base weights (default the config's)")
     parser.add_argument("--clients", type=int, help="clients per round (default 1)")
+    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), help="algorithm (default fedbiot)")
+    parser.add_argument("--compare", action="store_true", help="a table of every algorithm with these settings")
+    parser.add_argument("--micro-batch-tokens", type=int,
+                        help="tokens per client micro-batch for the memory estimate (default 4000 = 5 x 800)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of the report")
     return parser
 
@@ -228,17 +293,25 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = yaml_settings(args.config) if args.config else {}
-        flags = {k: getattr(args, k) for k in ("model", "dtype", "clients", *SPLIT_KEYS)}
+        flags = {k: getattr(args, k) for k in ("model", "dtype", "clients", "algorithm", "micro_batch_tokens",
+                                                *SPLIT_KEYS)}
         if flags["lora_targets"] is not None:
             flags["lora_targets"] = [t.strip() for t in flags["lora_targets"].split(",") if t.strip()]
         settings.update({k: v for k, v in flags.items() if v is not None})
         if "model" not in settings:
             raise ValueError("give --model (hub id, folder, config.json) or a --config YAML with model.split.model.")
-        result = plan(**settings)
+        if args.compare:
+            settings.pop("algorithm", None)
+            result = compare(**settings)
+        else:
+            result = plan(**settings)
     except (OSError, ValueError, yaml.YAMLError) as error:
         print(f"fedbiot-plan: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else render(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_comparison(result) if args.compare else render(result))
     return 0
 
 

@@ -161,3 +161,45 @@ def test_module_entry_point_exits_2_without_traceback() -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr and "clients must be >= 1, got 0" in done.stderr
+
+
+def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.CaptureFixture[str]) -> None:
+    plans = {p["algorithm"]: p for p in run_json(capsys, "--model", str(LLAMA2_7B), "--compare", "--clients", "3",
+                                                 "--adapter-layers", "2", "--drop-rate", "0.2")}
+    assert list(plans) == ["fedbiot", "offsite_tuning", "fedot", "fedavg_lora", "fedprox"]
+    full, layer = 6_738_415_616, 202_383_360
+    # FedAvg-LoRA: r=8 q/v LoRA on all 32 layers, the client holds (and adapts) the full model
+    fedavg = plans["fedavg_lora"]
+    assert fedavg["params"]["compressed"] == full and fedavg["trainable"]["client"] == 32 * 131_072 == 4_194_304
+    assert fedavg["per_client_per_round"]["download_params"] == fedavg["per_client_per_round"]["upload_params"] == 4_194_304
+    assert round(100 * (1 - 4_194_304 / full), 2) == 99.94
+    # FedBiOT beta=0.2, adapter 2: 26-layer compressed model; emulator + adapter LoRA down, adapter LoRA up
+    fedbiot = plans["fedbiot"]
+    assert fedbiot["params"]["compressed"] == full - 6 * layer == 5_524_115_456
+    assert fedbiot["per_client_per_round"]["download_params"] == 26 * 131_072 == 3_407_872
+    assert round(100 * (1 - 3_407_872 / 5_524_115_456), 2) == 99.94
+    # FedOT: layers 0,1 and 30,31 adapt; the fixed emulator LoRA is a one-time download
+    fedot = plans["fedot"]
+    assert fedot["trainable"] == {"client": 4 * 131_072, "server": 0}
+    assert fedot["per_client_per_round"]["download_params"] == 4 * 131_072
+    assert fedot["one_time"]["emulator_lora_bytes"] == 4 * 22 * 131_072
+    # memory: FedBiOT keeps activations of its 2 adapter layers, FedOT and FedAvg-LoRA of every layer
+    per_token_layer = 7 * 4096 + 3 * 11008
+    assert fedbiot["client_peak_memory"]["activations"] == 2 * 4000 * per_token_layer * 2
+    assert fedot["client_peak_memory"]["activations"] == 26 * 4000 * per_token_layer * 2
+    assert fedavg["client_peak_memory"]["activations"] == 32 * 4000 * per_token_layer * 2
+    assert fedavg["client_peak_memory"]["weights"] == 2 * full
+    assert fedavg["client_peak_memory"]["lora_state"] == 16 * 4_194_304
+    assert fedavg["client_peak_memory"]["logits"] == 2 * 4000 * 32000 * 4
+    code, text, _ = run(capsys, "--model", str(LLAMA2_7B), "--compare", "--adapter-layers", "2", "--drop-rate", "0.2")
+    assert code == 0
+    assert "| fedavg_lora | 6,738,415,616 | 4,194,304 | 4,194,304 | 4,194,304 | 99.9378% | 99.9378% |" in text
+    assert "| fedbiot | 5,524,115,456 | 262,144 | 3,407,872 | 262,144 | 99.9494% | 99.9383% |" in text
+
+
+def test_algorithm_from_the_yaml_and_unknown_algorithm(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  split: {model: embedded:models/stories260K}\nfederated: {algorithm: fedavg_lora}\n")
+    assert run_json(capsys, "--config", str(path))["trainable"]["client"] == 5 * 1792
+    code, _, err = run(capsys, "--model", STORIES, "--micro-batch-tokens", "0")
+    assert code == 2 and "micro_batch_tokens must be >= 1, got 0" in err

@@ -1,0 +1,89 @@
+"""Client validation loss of AdapEmu and AdapFu after every federated round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch import Callback
+from torch import nn
+from typing_extensions import override
+
+from fedbiot_pl.export import atomic_write
+from fedbiot_pl.modules.generation_module import Variant
+
+
+@torch.no_grad()
+def token_mean_loss(model: nn.Module, loaders: list[Any], device: torch.device) -> float:
+    """Cross-entropy of ``model`` averaged over every label token of every batch of ``loaders``."""
+    total, tokens = torch.zeros((), dtype=torch.float64), 0
+    for loader in loaders:
+        for batch in loader:
+            labels = batch["labels"].to(device)
+            out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                        labels=labels, use_cache=False)
+            count = int((labels[:, 1:] != -100).sum())
+            total += out.loss.double().cpu() * count
+            tokens += count
+    if tokens == 0:
+        raise ValueError("the client validation data has no label tokens; set data.val_fraction > 0.")
+    return float(total / tokens)
+
+
+class ClientValidation(Callback):
+    """After every ``every_n_rounds`` rounds, the loss on the clients' held-out rows.
+
+    Uses the datamodule's ``client_val_dataloader(client_id)`` (set ``data.val_fraction > 0``) and
+    logs ``val/<variant>_loss`` (token-weighted over all clients) for AdapEmu (the compressed model
+    the clients train) and AdapFu (the adapter in the full model). Each entry of :attr:`history`
+    also holds the bytes communicated so far (the :class:`FederatedLoop`'s ledger), so that a run's
+    loss can be plotted against its communication; it is written to ``<log_dir>/client_validation.json``.
+
+    Args:
+        every_n_rounds: validate after rounds ``n, 2n, ...`` and after the last round.
+        variants: ``adapemu`` and/or ``adapfu``.
+    """
+
+    def __init__(self, every_n_rounds: int = 1, variants: list[Variant] | None = None) -> None:
+        variants = list(variants or ["adapemu", "adapfu"])
+        bad = [v for v in variants if v not in ("adapemu", "adapfu")]
+        if every_n_rounds < 1 or bad or not variants:
+            raise ValueError(
+                f"every_n_rounds must be >= 1 (got {every_n_rounds}) and variants a non-empty subset of "
+                f"['adapemu', 'adapfu'] (got {variants})."
+            )
+        self.every_n_rounds, self.variants = every_n_rounds, variants
+        self.history: list[dict[str, float]] = []
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loop = next((cb for cb in trainer.callbacks if hasattr(cb, "round_index")), None)
+        if loop is None:
+            raise RuntimeError("ClientValidation needs a FederatedLoop among the Trainer's callbacks.")
+        round_idx = loop.round_index(trainer.current_epoch)
+        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        if round_idx is None or ((round_idx + 1) % self.every_n_rounds and not last):
+            return
+        data, split = trainer.datamodule, pl_module.split
+        loaders = [data.client_val_dataloader(c) for c in range(data.num_clients)]
+        models = {"adapemu": split.compressed, "adapfu": split.full_with_adapter}
+        entry = {"round": float(round_idx), "total_bytes": float(loop.ledger.bytes_down + loop.ledger.bytes_up)}
+        split.eval()  # the next epoch's on_train_epoch_start sets the trained part's modes again
+        for variant in self.variants:
+            entry[f"{variant}_loss"] = token_mean_loss(models[variant], loaders, pl_module.device)
+            pl_module.log(f"val/{variant}_loss", entry[f"{variant}_loss"], on_epoch=True)
+        self.history.append(entry)
+        if trainer.is_global_zero and trainer.log_dir:
+            text = json.dumps(self.history, indent=2)
+            atomic_write(Path(trainer.log_dir) / "client_validation.json", lambda tmp: Path(tmp).write_text(text))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])

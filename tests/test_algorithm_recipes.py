@@ -1,0 +1,95 @@
+"""One switch (an algorithm file on top of a task recipe) selects the algorithm end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftConfig
+
+from fedbiot_pl.algorithms import ALGORITHMS, algorithm_issues
+from fedbiot_pl.callbacks import ClientValidation
+from fedbiot_pl.cli import FedBiOTCLI, main
+from fedbiot_pl.datamodules import FederatedInstructionDataModule
+from fedbiot_pl.evaluate import run_split_args
+from fedbiot_pl.modules import EmulatorAlignmentModule
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"gsm8k": 3, "code": 9, "dolly": 8}  # the paper's client counts
+
+
+def cli(*configs: str, **overrides: str) -> FedBiOTCLI:
+    args = [arg for c in configs for arg in ("--config", str(ROOT / "configs" / c))]
+    args += [f"--{k}={v}" for k, v in overrides.items()]
+    return FedBiOTCLI(EmulatorAlignmentModule, FederatedInstructionDataModule, run=False, args=args)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_on_every_task_recipe(task, algorithm):
+    made = cli(f"{task}.yaml", f"algorithms/{algorithm}.yaml")
+    loop = next(cb for cb in made.trainer.callbacks if hasattr(cb, "round_index"))
+    split, spec = made.model.split, loop.spec
+    assert loop.algorithm == split.algorithm == algorithm  # the switch reached both
+    clients = 1 if algorithm == "offsite_tuning" else TASKS[task]
+    assert made.datamodule.num_clients == clients
+    assert algorithm_issues(spec, num_clients=clients, pre_alignment_rounds=loop.pre_alignment_rounds,
+                            proximal_weight=loop.client_hparams["proximal_weight"]) == []
+    layout = split.layout  # stories260K: 5 layers
+    expected = {"fedbiot": ((), (0, 2), (3, 4)), "offsite_tuning": ((0, 1), (2,), (3, 4)), "fedot": ((0, 1), (2,), (3, 4)),
+                "fedavg_lora": ((), (), (0, 1, 2, 3, 4)), "fedprox": ((), (), (0, 1, 2, 3, 4))}[algorithm]
+    assert (layout.bottom_adapter, layout.emulator, layout.top_adapter) == expected
+
+
+def test_one_shot_distillation_overlay_sets_the_distillation_weights():
+    made = cli("gsm8k.yaml", "algorithms/fedot.yaml", "algorithms/one_shot_distillation.yaml")
+    hp = made.model.hparams
+    assert (hp.l2_weight, hp.ce_weight, hp.kl_weight) == (0.9, 0.1, 0.0)
+    loop = next(cb for cb in made.trainer.callbacks if hasattr(cb, "round_index"))
+    assert loop.algorithm == "fedot" and loop.pre_alignment_rounds == 2
+
+
+@pytest.mark.slow
+def test_fedavg_lora_run_through_the_cli_exports_a_full_model_adapter(tmp_path):
+    main([
+        "fit", "--config", str(ROOT / "configs" / "gsm8k.yaml"), "--config", str(ROOT / "configs/algorithms/fedavg_lora.yaml"),
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=fedbiot_pl.callbacks.ClientValidation",
+        "--federated.rounds", "2", "--federated.local_steps", "1", "--federated.client_accumulate_grad_batches", "1",
+        "--trainer.accumulate_grad_batches", "1", "--data.batch_size", "2", "--data.val_fraction", "0.2",
+        "--data.max_task_examples", "30", "--data.max_public_examples", "10",
+    ])
+    run = tmp_path / "fedbiot" / "version_0"
+    adapter = PeftConfig.from_pretrained(str(run / "final_adapter" / "adapfu"))
+    assert adapter.layers_to_transform == [0, 1, 2, 3, 4]
+    split = json.loads((run / "final_adapter" / "split.json").read_text())
+    assert split["algorithm"] == "fedavg_lora" and split["emulator"] == []
+    summary = json.loads((run / "final_adapter" / "federated_summary.json").read_text())
+    assert summary["ledger"]["bytes_up"] == 2 * 3 * 5 * 1792 * 4  # 2 rounds, 3 clients, LoRA of 5 layers
+    history = json.loads((run / "client_validation.json").read_text())
+    assert [h["round"] for h in history] == [0.0, 1.0]
+    assert history[1]["total_bytes"] == 2 * 2 * 3 * 5 * 1792 * 4
+    # AdapFu and AdapEmu are the same model when clients hold the full model
+    assert history[1]["adapemu_loss"] == pytest.approx(history[1]["adapfu_loss"], rel=1e-6)
+    # evaluation rebuilds the same split from the run folder
+    assert run_split_args(run)[0]["algorithm"] == "fedavg_lora"
+
+
+def test_client_validation_loss_is_the_token_weighted_mean(tmp_path):
+    from fedbiot_pl.callbacks.client_validation import token_mean_loss
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, labels, use_cache):
+            return type("Out", (), {"loss": torch.tensor(float(input_ids[0, 0]))})()
+
+    def batch(first: int, label_tokens: int):
+        labels = torch.full((1, 6), -100)
+        labels[0, 6 - label_tokens :] = 1
+        return {"input_ids": torch.full((1, 6), first), "attention_mask": torch.ones(1, 6), "labels": labels}
+
+    # losses 1.0 over 2 label tokens and 4.0 over 4: (2 + 16) / 6 = 3
+    assert token_mean_loss(Fixed(), [[batch(1, 2)], [batch(4, 4)]], torch.device("cpu")) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        token_mean_loss(Fixed(), [[batch(1, 0)]], torch.device("cpu"))
+    with pytest.raises(ValueError, match="variants"):
+        ClientValidation(variants=["adapter"])
