@@ -12,19 +12,26 @@ import lightning.pytorch as pl
 from lightning.pytorch import Callback
 from typing_extensions import override
 
+from fedbiot_pl import fault_injection
 from fedbiot_pl.aggregation import fedavg
 from fedbiot_pl.algorithms import Algorithm, algorithm_issues, algorithm_spec
+from fedbiot_pl.client_faults import (
+    RoundAttempt, TooFewClientsError, fault_setting_issues, fault_totals, round_record, too_few_message,
+)
 from fedbiot_pl.communication import CommLedger
-from fedbiot_pl.export import export_adapters
+from fedbiot_pl.export import export_adapters, write_text_atomic
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
+from fedbiot_pl.rng_state import capture_rng, restore_rng
 from fedbiot_pl.sampling import clients_per_round, sample_clients
-from fedbiot_pl.client_trainer import build_client_trainer, client_fit_context
+from fedbiot_pl.scaling import client_phase, lora_gathered
+
+from .client_rounds import ClientRounds
 
 log = logging.getLogger(__name__)
 CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
 
 
-class FederatedLoop(Callback):
+class FederatedLoop(ClientRounds, Callback):
     """Runs the rounds of FedBiOT (or a baseline) inside the server's ``Trainer.fit`` of an
     EmulatorAlignmentModule.
 
@@ -44,15 +51,36 @@ class FederatedLoop(Callback):
        not align during the rounds send the fixed emulator LoRA in round 0 only),
     3. fits an :class:`AdapterFinetuneModule` per client for ``local_steps`` optimizer steps with a
        fresh lean Trainer (fresh optimizer, no logger, no checkpointing) on the client's data,
-    4. sets the adapter LoRA to the sample-weighted FedAvg of the uploads,
+    4. receives each client's adapter LoRA as safetensors bytes and validates it
+       (:func:`~fedbiot_pl.update_validation.update_problem`),
+    5. sets the adapter LoRA to the sample-weighted FedAvg of the accepted uploads,
 
     and the epoch itself then runs the server's alignment against the new adapter. The client
     module shares the server's model: no reload, no re-wrapping, no copy per client.
 
-    Metrics (logged at the end of each round): ``client/<id>/loss`` (mean CE of that client's fit),
-    ``round/client_loss``, ``comm/bytes_down``, ``comm/bytes_up`` (this round) and
-    ``comm/total_bytes``; alignment metrics come from the module (``align/l2``, ``align/kl``). At
-    the end of fit the final adapters are exported to ``<log_dir>/final_adapter``.
+    **Faults.** A client whose fit raises, whose mean loss is NaN/Inf, or that runs past
+    ``client_time_limit`` is dropped from the round; an upload that is not safetensors, has missing
+    or extra keys, a wrong shape or dtype, NaN/Inf values, or an update norm above
+    ``max_update_norm`` is rejected. Both are logged (warning), counted (``round/dropped``,
+    ``round/rejected``, ``ledger.uploads_rejected``) and listed with their reason in
+    :attr:`history`; the round goes on with the rest. With fewer than ``min_clients`` accepted
+    updates the round is retried (``on_too_few: retry``: up to ``max_round_retries`` more
+    attempts, attempt ``a`` sampling with :func:`~fedbiot_pl.sampling.sample_clients`'s
+    ``attempt=a``, so retries stay deterministic) or the run stops with :class:`TooFewClientsError`.
+
+    **Resume.** :meth:`state_dict` holds the ledger, the history, the last finished epoch, the
+    sampling settings and the global random states (Python, NumPy, torch; LoRA dropout draws from
+    torch's); Lightning's checkpoint adds the LoRA weights, the optimizer and the loops. On resume
+    the random states are restored at the start of the next epoch, and loggers that can
+    (:class:`~fedbiot_pl.csv_logger.AtomicCSVLogger`) keep the rows up to the checkpoint's epoch,
+    so a resumed run ends with the adapter and metrics of an uninterrupted one.
+
+    Metrics (logged at the end of each round, before the round checkpoint is written):
+    ``client/<id>/loss`` (mean CE of each accepted client's fit), ``round/client_loss``,
+    ``round/clients`` (accepted), ``round/dropped``, ``round/rejected``, ``round/attempts``,
+    ``comm/bytes_down``, ``comm/bytes_up`` (this round) and ``comm/total_bytes``; alignment
+    metrics come from the module (``align/l2``, ``align/kl``). At the end of fit the final adapters
+    are exported to ``<log_dir>/final_adapter``.
 
     Args:
         algorithm: ``fedbiot``, ``offsite_tuning``, ``fedot``, ``fedavg_lora`` or ``fedprox``.
@@ -70,6 +98,14 @@ class FederatedLoop(Callback):
         weighting: ``examples`` = FedAvg weights by client training-set size, ``uniform`` = equal.
         seed: seed of client sampling and client data order.
         export_final_adapter: write the final adapters into the run folder at the end of fit.
+        min_clients: fewest accepted client updates a round needs (at most the clients per round).
+        on_too_few: ``stop`` = raise TooFewClientsError when a round has fewer than ``min_clients``
+            accepted updates; ``retry`` = run the round again with a fresh sample first.
+        max_round_retries: extra attempts per round with ``on_too_few: retry``.
+        client_time_limit: seconds a client fit may take (checked after every client batch);
+            ``null`` = no limit.
+        max_update_norm: largest L2 norm of an upload's change to the broadcast adapter LoRA;
+            ``null`` = no bound.
     """
 
     def __init__(
@@ -88,6 +124,11 @@ class FederatedLoop(Callback):
         weighting: Literal["examples", "uniform"] = "examples",
         seed: int = 42,
         export_final_adapter: bool = True,
+        min_clients: int = 1,
+        on_too_few: Literal["retry", "stop"] = "stop",
+        max_round_retries: int = 2,
+        client_time_limit: float | None = None,
+        max_update_norm: float | None = None,
     ) -> None:
         issues = []
         for name, value, low in (
@@ -101,6 +142,7 @@ class FederatedLoop(Callback):
             issues.append(f"weighting must be 'examples' or 'uniform', got {weighting!r}.")
         if proximal_weight < 0 or client_lr <= 0:
             issues.append(f"proximal_weight must be >= 0 and client_lr > 0, got {proximal_weight}, {client_lr}.")
+        issues += fault_setting_issues(min_clients, on_too_few, max_round_retries, client_time_limit, max_update_norm)
         try:
             self.spec = algorithm_spec(algorithm)
             issues += algorithm_issues(self.spec, num_clients=None, pre_alignment_rounds=pre_alignment_rounds,
@@ -120,10 +162,17 @@ class FederatedLoop(Callback):
         }
         self.weighting, self.seed = weighting, seed
         self.export_final_adapter = export_final_adapter
+        self.min_clients, self.on_too_few, self.max_round_retries = min_clients, on_too_few, max_round_retries
+        self.client_time_limit, self.max_update_norm = client_time_limit, max_update_norm
         self.ledger = CommLedger()
         self.history: list[dict[str, Any]] = []
         self._round_metrics: dict[str, float] = {}
         self._client_module: AdapterFinetuneModule | None = None
+        self._attempt = 0  # the attempt at the current round (fault points and retries)
+        self._completed_epoch: int | None = None  # last finished epoch (what a checkpoint holds)
+        self._resumed_epoch: int | None = None  # the checkpoint's epoch, when resumed
+        self._pending_rng: dict[str, Any] | None = None  # random states to restore at the next epoch
+        self._last_client_error: BaseException | None = None
 
     # ------------------------------------------------------------------ set-up and validation
     @override
@@ -146,9 +195,16 @@ class FederatedLoop(Callback):
                 f"the datamodule must provide the client data ({', '.join(CLIENT_API)}); "
                 f"{type(datamodule).__name__} lacks {missing or list(CLIENT_API)}."
             )
+        elif datamodule.num_clients < 1:
+            issues.append(f"the datamodule has {datamodule.num_clients} clients; data.num_clients must be >= 1.")
         else:
             try:
-                clients_per_round(datamodule.num_clients, self.clients_per_round)
+                per_round = clients_per_round(datamodule.num_clients, self.clients_per_round)
+                if self.min_clients > per_round:
+                    issues.append(
+                        f"min_clients={self.min_clients} exceeds the {per_round} clients sampled per round; "
+                        f"lower min_clients or raise clients_per_round."
+                    )
             except ValueError as error:
                 issues.append(str(error))
             issues += algorithm_issues(self.spec, num_clients=datamodule.num_clients, pre_alignment_rounds=0,
@@ -168,6 +224,10 @@ class FederatedLoop(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._client_module = AdapterFinetuneModule(pl_module.split, log_steps=False, **self.client_hparams)
+        if self._resumed_epoch is not None:
+            for logger in trainer.loggers:
+                if callable(getattr(logger, "resume_rows", None)):
+                    logger.resume_rows(self._resumed_epoch)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -185,6 +245,9 @@ class FederatedLoop(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending_rng is not None:  # resumed: continue from the checkpoint's random states
+            restore_rng(self._pending_rng)
+            self._pending_rng = None
         self._round_metrics = {}
         round_idx = self.round_index(trainer.current_epoch)
         # The server aligns in pre-alignment epochs, and after each round only if the algorithm does.
@@ -193,68 +256,95 @@ class FederatedLoop(Callback):
             return
         started = time.perf_counter()
         datamodule, split = trainer.datamodule, pl_module.split
-        clients = sample_clients(datamodule.num_clients, self.clients_per_round, self.seed, round_idx)
-        # Emulator LoRA + adapter LoRA; an emulator that no longer changes goes out in round 0 only.
-        broadcast = split.lora_state("all" if self.spec.aligns_each_round or round_idx == 0 else "adapter")
-        down = self.ledger.record_down(broadcast, len(clients))
-        global_adapter = {key: broadcast[key] for key in split.lora_parameters("adapter")}
-        uploads, weights, metrics, up = [], [], {}, 0
-        for client_id in clients:
-            split.load_lora_state(global_adapter)
-            loss = self.fit_client(trainer, client_id, round_idx, datamodule)
-            update = split.lora_state("adapter")
-            up += self.ledger.record_up(update)
-            uploads.append(update)
-            weights.append(datamodule.client_num_examples(client_id) if self.weighting == "examples" else 1.0)
-            metrics[f"client/{client_id}/loss"] = loss
-        split.load_lora_state(fedavg(uploads, weights))
-        metrics["round/client_loss"] = sum(metrics.values()) / len(clients)
+        down_before, up_before = self.ledger.bytes_down, self.ledger.bytes_up
+        with client_phase(trainer.strategy, split):  # ZeRO-3: every rank holds the whole compressed model
+            attempts = self._run_round(trainer, split, datamodule, round_idx)
+        metrics, entry = round_record(round_idx, attempts)
         metrics.update({
-            "round/index": float(round_idx), "round/clients": float(len(clients)),
             "round/client_seconds": time.perf_counter() - started,
-            "comm/bytes_down": float(down), "comm/bytes_up": float(up),
+            "comm/bytes_down": float(self.ledger.bytes_down - down_before),
+            "comm/bytes_up": float(self.ledger.bytes_up - up_before),
             "comm/total_bytes": float(self.ledger.bytes_down + self.ledger.bytes_up),
         })
         self._round_metrics = metrics
-        self.history.append({"round": round_idx, "clients": clients, **metrics})
+        self.history.append({**entry, **metrics})
 
-    def fit_client(self, trainer: pl.Trainer, client_id: int, round_idx: int, datamodule: Any) -> float:
-        """One client's local training: a fresh lean Trainer on the server's device; returns the
-        client's mean cross-entropy over the fit."""
-        with client_fit_context():
-            client_trainer = build_client_trainer(
-                trainer.strategy.root_device, trainer.precision, self.local_steps, self.client_accumulate_grad_batches
-            )
-            client_trainer.fit(self._client_module, train_dataloaders=datamodule.client_dataloader(client_id, round_idx))
-        if client_trainer.global_step != self.local_steps:
-            raise RuntimeError(
-                f"client {client_id} ran {client_trainer.global_step} optimizer steps, expected {self.local_steps}."
-            )
-        return self._client_module.mean_loss
+    def _run_round(self, trainer: pl.Trainer, split: Any, datamodule: Any, round_idx: int) -> list[RoundAttempt]:
+        """The round's attempts (retries when too few clients succeed); loads the FedAvg of the last."""
+        attempts: list[RoundAttempt] = []
+        for attempt in range(1 + (self.max_round_retries if self.on_too_few == "retry" else 0)):
+            self._attempt = attempt
+            clients = sample_clients(datamodule.num_clients, self.clients_per_round, self.seed, round_idx, attempt)
+            # Emulator LoRA + adapter LoRA; an emulator that no longer changes goes out in round 0 only.
+            broadcast = split.lora_state("all" if self.spec.aligns_each_round or round_idx == 0 else "adapter")
+            self.ledger.record_down(broadcast, len(clients))
+            global_adapter = {key: broadcast[key] for key in split.lora_parameters("adapter")}
+            attempts.append(self.run_attempt(trainer, split, RoundAttempt(attempt, clients), global_adapter, round_idx))
+            split.load_lora_state(global_adapter)
+            if len(attempts[-1].uploads) >= self.min_clients:
+                break
+            log.warning("round %d, attempt %d: %d accepted updates, fewer than min_clients=%d.",
+                        round_idx, attempt + 1, len(attempts[-1].uploads), self.min_clients)
+        else:
+            message = too_few_message(round_idx, attempts, self.min_clients, self.on_too_few)
+            raise TooFewClientsError(message) from self._last_client_error
+        self._attempt = 0
+        split.load_lora_state(fedavg(attempts[-1].uploads, attempts[-1].weights))
+        return attempts
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        fault_injection.trigger("align_step", epoch=trainer.current_epoch, step=batch_idx)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._round_metrics:
-            metrics = dict(self._round_metrics)
-            pl_module.log("round/client_loss", metrics.pop("round/client_loss"), on_epoch=True, prog_bar=True)
-            pl_module.log_dict(metrics, on_step=False, on_epoch=True)
+        self._completed_epoch = trainer.current_epoch
+        if not self._round_metrics:
+            return
+        metrics = dict(self._round_metrics)
+        pl_module.log("round/client_loss", metrics["round/client_loss"], on_epoch=True, prog_bar=True, logger=False)
+        pl_module.log_dict({k: v for k, v in metrics.items() if k != "round/client_loss"}, on_step=False,
+                           on_epoch=True, logger=False)
+        # Straight to the loggers, so that the row is on disk before the round checkpoint is written
+        # (Lightning logs epoch metrics after the checkpoint callbacks). Lightning's epoch-end step:
+        step = max(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step) - 1, 0)
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=step)
+            logger.save()
 
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.export_final_adapter or not trainer.is_global_zero:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # At fit end, not train end: a run resumed from its final checkpoint skips training but
+        # still writes the adapters that a kill during the first export may have left unwritten.
+        if not self.export_final_adapter:
             return
-        out = Path(trainer.log_dir or trainer.default_root_dir) / "final_adapter"
-        export_adapters(pl_module.split, out)
-        summary = {"ledger": self.ledger.state_dict(), "rounds": self.history}
-        (out / "federated_summary.json").write_text(json.dumps(summary, indent=2))
+        with lora_gathered(pl_module.split):  # ZeRO-3: a collective, whole LoRA on every rank
+            if not trainer.is_global_zero:
+                return
+            out = Path(trainer.log_dir or trainer.default_root_dir) / "final_adapter"
+            export_adapters(pl_module.split, out)
+        summary = {"ledger": self.ledger.state_dict(), "faults": fault_totals(self.history), "rounds": self.history}
+        write_text_atomic(out / "federated_summary.json", json.dumps(summary, indent=2))
         log.info("final adapters written to %s", out)
 
     # ------------------------------------------------------------------ resume
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"ledger": self.ledger.state_dict(), "history": self.history}
+        return {
+            "ledger": self.ledger.state_dict(), "history": self.history, "epoch": self._completed_epoch,
+            "sampling": {"seed": self.seed, "clients_per_round": self.clients_per_round},
+            "rng": capture_rng(),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.ledger.load_state_dict(state_dict["ledger"])
         self.history = list(state_dict["history"])
+        self._resumed_epoch = self._completed_epoch = state_dict.get("epoch")
+        self._pending_rng = state_dict.get("rng")
+        sampling = state_dict.get("sampling", {})
+        if sampling and sampling != {"seed": self.seed, "clients_per_round": self.clients_per_round}:
+            log.warning("resuming with client sampling %s, but the checkpoint's run used %s: later rounds will "
+                        "sample other clients than the interrupted run would have.",
+                        {"seed": self.seed, "clients_per_round": self.clients_per_round}, sampling)

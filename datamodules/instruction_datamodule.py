@@ -18,7 +18,7 @@ import datasets
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typing_extensions import override
 
@@ -36,6 +36,7 @@ from .client_shards import (
     keys_for_partition,
     loader_seed,
 )
+from .epoch_sampler import EpochShuffleSampler
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +243,12 @@ class FederatedInstructionDataModule(LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
-        """Loader over the server's public set, shuffled with a generator seeded from ``seed``."""
+        """Loader over the server's public set, reshuffled every epoch in an order fixed by
+        ``(seed, epoch)`` (:class:`EpochShuffleSampler`), so a resumed run repeats it exactly."""
         if self._public is None:
             raise RuntimeError("Call setup() before train_dataloader().")
-        return self._loader(self._public, self.public_batch_size, loader_seed(self.seed, 0))
+        return self._loader(self._public, self.public_batch_size, seed=None,
+                            sampler=EpochShuffleSampler(len(self._public), self.seed))
 
     def write_partition_report(self, folder: str | Path) -> list[Path]:
         """Write ``partition.txt`` and ``partition.png`` into ``folder`` (see :func:`write_report`)."""
@@ -288,18 +291,20 @@ class FederatedInstructionDataModule(LightningDataModule):
             )
         return self._clients[client_id]
 
-    def _loader(self, examples: datasets.Dataset, batch_size: int, seed: int | None) -> DataLoader:
-        """A DataLoader over ``examples``, shuffled in an order fixed by ``seed`` (``None``: not shuffled)."""
-        generator = None
-        if seed is not None:
-            generator = torch.Generator()
-            generator.manual_seed(seed)
+    def _loader(
+        self, examples: datasets.Dataset, batch_size: int, seed: int | None, sampler: Sampler[int] | None = None
+    ) -> DataLoader:
+        """A DataLoader over ``examples``: in ``sampler``'s order if given, else shuffled in an order
+        fixed by ``seed`` (``None``: not shuffled). It always has a generator of its own, so that
+        starting an iteration never draws from the global random state (LoRA dropout's)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed if seed is None else seed)
         return DataLoader(
             examples,  # type: ignore[arg-type]  # a datasets.Dataset is a map-style dataset
             batch_size=batch_size,
-            shuffle=seed is not None,
+            shuffle=seed is not None and sampler is None,
+            sampler=sampler,
             generator=generator,
             collate_fn=self._collator,
             num_workers=self.num_workers,
         )
-

@@ -6,12 +6,14 @@ A round fits every sampled client with its own fresh ``Trainer`` (a reused Train
 * :class:`KeepOnDeviceStrategy` leaves the shared model where it is after each fit;
 * :func:`build_client_trainer` turns off everything a client fit does not need;
 * :func:`client_fit_context` silences the per-Trainer banners and memoises Lightning's look-up of
-  callback entry points (a scan of every installed distribution, about 7 ms per Trainer).
+  callback entry points (a scan of every installed distribution, about 7 ms per Trainer);
+* :class:`ClientDeadline` stops a client fit that runs past its time limit.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from typing_extensions import override
 
@@ -54,11 +57,36 @@ class KeepOnDeviceStrategy(SingleDeviceStrategy):
         self.checkpoint_io.teardown()
 
 
+class ClientTimeout(RuntimeError):
+    """A client fit ran past its time limit."""
+
+
+class ClientDeadline(Callback):
+    """Raises :class:`ClientTimeout` at the end of the first batch that finishes more than
+    ``seconds`` after this callback was made (make it when the client's fit starts).
+
+    The check runs between batches: a single batch that hangs is not interrupted.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic()
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.seconds:
+            raise ClientTimeout(
+                f"timed out: {elapsed:.2f} s after {batch_idx + 1} batches, past client_time_limit={self.seconds:g} s"
+            )
+
+
 def build_client_trainer(
-    root_device: torch.device, precision: Any, max_steps: int, accumulate_grad_batches: int
+    root_device: torch.device, precision: Any, max_steps: int, accumulate_grad_batches: int,
+    callbacks: list[Callback] | None = None,
 ) -> pl.Trainer:
     """A Trainer for one client fit on ``root_device``: no logger, checkpoints, summary, progress bar
-    or validation. Build it inside :func:`client_fit_context`."""
+    or validation; only ``callbacks``. Build it inside :func:`client_fit_context`."""
     accelerator = "cuda" if root_device.type == "cuda" else root_device.type
     return pl.Trainer(
         max_steps=max_steps,
@@ -74,6 +102,7 @@ def build_client_trainer(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=max(1, max_steps),
+        callbacks=callbacks or None,
     )
 
 

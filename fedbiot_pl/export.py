@@ -14,31 +14,66 @@ Every file is written to a temporary name and renamed, so a crash never leaves a
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import save_file
 
+from fedbiot_pl import fault_injection
 from fedbiot_pl.split import SplitModel
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same folder, atomic)."""
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask); mkstemp's own is 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+def _fsync(path: str | Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object], context: dict | None = None) -> None:
+    """Call ``write(tmp_path)``, flush it to disk, then rename it onto ``path`` (same folder).
+
+    A reader sees the old file or the complete new one, never a part: a crash leaves at most a
+    ``.<name>.*.tmp`` file next to ``path``, which nothing loads and the next successful write of
+    ``path`` removes. ``context`` goes to the
+    ``file_write`` fault point (:mod:`fedbiot_pl.fault_injection`) between the write and the rename.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)
         write(tmp)
+        _fsync(tmp)
+        fault_injection.trigger("file_write", name=path.name, **(context or {}))
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
+        for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_write`."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -67,7 +102,7 @@ def export_adapters(split: SplitModel, out_dir: str | Path) -> Path:
     )
     adapfu = out / "adapfu"
     atomic_write(adapfu / "adapter_model.safetensors", lambda tmp: save_file(adapfu_state(split), tmp))
-    _write_text(adapfu / "adapter_config.json", json.dumps(config, indent=2, default=list))
+    write_text_atomic(adapfu / "adapter_config.json", json.dumps(config, indent=2, default=list))
     compressed = {key: value.contiguous().cpu() for key, value in split.lora_state("all").items()}
     atomic_write(out / "compressed_lora.safetensors", lambda tmp: save_file(compressed, tmp))
     description = {
@@ -80,5 +115,5 @@ def export_adapters(split: SplitModel, out_dir: str | Path) -> Path:
         "lora": {"r": split.lora_r, "alpha": split.lora_alpha, "dropout": split.lora_dropout,
                  "targets": sorted(split.lora_targets)},
     }
-    _write_text(out / "split.json", json.dumps(description, indent=2))
+    write_text_atomic(out / "split.json", json.dumps(description, indent=2))
     return out

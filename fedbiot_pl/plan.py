@@ -161,7 +161,7 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         "model": {"name": model, "class": type(full).__name__, "num_layers": layout.num_full_layers,
                   "dtype": dtype},
         "split": {"adapter_layers": len(layout.top_adapter), "bottom_adapter_layers": len(layout.bottom_adapter),
-                  "drop_rate": split_kwargs.get("drop_rate", DEFAULTS["drop_rate"]), "lora_r": split.lora_r,
+                  "drop_rate": 0.0 if spec.full_model else split_kwargs.get("drop_rate", DEFAULTS["drop_rate"]), "lora_r": split.lora_r,
                   "lora_alpha": split.lora_alpha, "lora_targets": sorted(split.lora_targets)},
         "layers": {"emulator": list(layout.emulator), "adapter": list(layout.bottom_adapter + layout.top_adapter)},
         "params": {"full": count(split.full.named_parameters(), lora=False), "compressed": base,
@@ -185,7 +185,7 @@ def render(p: dict[str, Any]) -> str:
         f"{p['algorithm']} plan for {m['name']} ({m['class']}, {m['num_layers']} decoder layers, {m['dtype']})",
         (f"split: adapter layers {s['adapter_layers']} top + {s['bottom_adapter_layers']} bottom, drop rate "
          f"{s['drop_rate']}, LoRA r={s['lora_r']} alpha={s['lora_alpha']} on {', '.join(s['lora_targets'])}"),
-        f"  emulator layers ({len(kept)} of {span} kept): {', '.join(map(str, kept))}",
+        f"  emulator layers ({len(kept)} of {span} kept): {', '.join(map(str, kept)) or 'none'}",
         f"  adapter layers: {', '.join(map(str, lay['adapter']))}",
         "parameters",
         f"  full model                {par['full']:>16,}",

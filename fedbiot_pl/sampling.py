@@ -1,4 +1,4 @@
-"""Which clients take part in a round: seeded, and a pure function of (seed, round)."""
+"""Which clients take part in a round: seeded, and a pure function of (seed, round, retry attempt)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,17 @@ def clients_per_round(num_clients: int, per_round: int | float | None) -> int:
     return max(1, math.ceil(per_round * num_clients))
 
 
-def sample_clients(num_clients: int, per_round: int | float | None, seed: int, round_idx: int) -> list[int]:
+def sample_clients(
+    num_clients: int, per_round: int | float | None, seed: int, round_idx: int, attempt: int = 0
+) -> list[int]:
     """Sorted ids of the clients of round ``round_idx``; the same (seed, round) gives the same set,
-    so a resumed run samples exactly as an uninterrupted one."""
+    so a resumed run samples exactly as an uninterrupted one.
+
+    ``attempt`` > 0 draws the set for a retry of the round (see ``FederatedLoop.on_too_few``): a
+    different draw, still a pure function of (seed, round, attempt). Attempt 0 is the plain draw.
+    """
     count = clients_per_round(num_clients, per_round)
     if count == num_clients:
         return list(range(num_clients))
-    rng = np.random.default_rng([seed, round_idx])
+    rng = np.random.default_rng([seed, round_idx] if attempt == 0 else [seed, round_idx, attempt])
     return sorted(int(i) for i in rng.choice(num_clients, size=count, replace=False))

@@ -186,9 +186,33 @@ class SplitModel(nn.Module):
             layout = layer_layout(num_layers or 0, *self._split_args)
         except ValueError as error:
             issues.append(str(error))
+        present = self._linear_module_names(config) if self.lora_targets else None
+        unknown = sorted(set(self.lora_targets) - present) if present else []
+        if unknown:
+            issues.append(
+                f"lora_targets {unknown} are not linear modules of a {type(config).__name__.removesuffix('Config')} "
+                f"decoder layer; choose from {sorted(present)}."
+            )
         if issues:
             raise ValueError(f"Invalid SplitModel for {self.model_name!r}: " + " ".join(issues))
         return layout
+
+    @staticmethod
+    def _linear_module_names(config) -> set[str] | None:
+        """Names of the linear modules in one decoder layer of ``config``'s model (from a one-layer
+        instance on the meta device: no memory, no weights); ``None`` when it cannot be built here."""
+        from transformers import AutoModelForCausalLM
+
+        small = copy.deepcopy(config)
+        small.num_hidden_layers = 1
+        if isinstance(getattr(small, "layer_types", None), list):
+            small.layer_types = small.layer_types[:1]
+        try:
+            with torch.device("meta"):
+                layer = decoder_of(AutoModelForCausalLM.from_config(small)).layers[0]
+        except Exception:  # an architecture transformers cannot build from its config: build() checks instead
+            return None
+        return {name.rsplit(".", 1)[-1] for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
 
     # ------------------------------------------------------------------ building
     def build(self, device: torch.device | str | None = None) -> SplitModel:

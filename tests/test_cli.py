@@ -19,11 +19,25 @@ def test_configs_folder_holds_the_default_and_the_paper_recipes():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses_against_the_cli(config, capsys):
+    # configs/algorithms/ holds overlays: they go on top of a task recipe
+    base = ["--config", str(ROOT / "configs" / "default.yaml")] if config.parent.name == "algorithms" else []
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *base, "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "class_path: fedbiot_pl.SplitModel" in printed and "federated:" in printed
+
+
+def test_cli_defaults_write_atomically_and_resume_in_place(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(DEFAULT_CONFIG), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "class_path: fedbiot_pl.checkpoint_io.AtomicCheckpointIO" in printed
+    assert "class_path: fedbiot_pl.csv_logger.AtomicCSVLogger" in printed
+    assert "enable_version_counter: false" in printed  # a resumed round rewrites round-epoch=N.ckpt, no -v1
+    for setting in ("min_clients: 1", "on_too_few: stop", "max_round_retries: 2", "client_time_limit: null",
+                    "max_update_norm: null"):
+        assert setting in printed
 
 
 def test_unknown_key_is_rejected_by_name(capsys):

@@ -1,0 +1,130 @@
+"""Model FLOPs of FedBiOT's training passes, for tokens/s -> MFU (pure arithmetic on a model config).
+
+What is counted, per token (``d`` hidden size, ``T`` sequence length, ``r`` LoRA rank):
+
+* a frozen linear ``d_in x d_out``: forward ``2 d_in d_out``; backward ``2 d_in d_out`` for the input
+  gradient, only where the backward pass goes through it; no weight gradient (frozen);
+* a LoRA pair on it (``A: r x d_in``, ``B: d_out x r``): forward ``2 r (d_in + d_out)``; where it trains,
+  backward ``4 r (d_in + d_out)`` (input and weight gradients);
+* attention scores and mixing (``QK^T`` and ``PV``, no weights): forward ``4 T d``, backward ``8 T d``,
+  the PaLM convention (no discount for the causal mask);
+* the LM head ``d x V``: forward ``2 d V``; backward ``2 d V`` when the loss reaches it;
+* not counted: embeddings (a lookup), norms, activations, softmax, the loss, optimizer steps, and
+  recomputation by gradient checkpointing (so this is MFU, not hardware FLOPs utilisation).
+
+The backward pass runs from the loss down to the lowest layer with trained LoRA and no further:
+autograd never enters the frozen layers below it. So a FedBiOT client (top adapter trained) costs
+about ``2 N_compressed + 2 N_adapter`` per token, not the ``6 N`` of full fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The sizes that set a LLaMA-style decoder layer's FLOPs."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+
+    @property
+    def kv_dim(self) -> int:
+        return self.hidden // self.heads * self.kv_heads
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """``name -> (d_in, d_out)`` of one layer's linear modules."""
+        d, f, kv = self.hidden, self.intermediate, self.kv_dim
+        return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
+                "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+
+
+def decoder_shape(config: Any) -> DecoderShape:
+    """The :class:`DecoderShape` of a Hugging Face config (or anything with the same attributes)."""
+    heads = config.num_attention_heads
+    return DecoderShape(config.hidden_size, config.intermediate_size, heads,
+                        getattr(config, "num_key_value_heads", None) or heads, config.vocab_size)
+
+
+def layer_weight_params(shape: DecoderShape) -> int:
+    """Weights in one layer's linear modules (the ``N`` of ``2N`` FLOPs per token)."""
+    return sum(i * o for i, o in shape.linears().values())
+
+
+def lora_params(shape: DecoderShape, rank: int, targets: Sequence[str]) -> int:
+    """LoRA weights ``r (d_in + d_out)`` of one layer's ``targets``."""
+    linears = shape.linears()
+    return sum(rank * sum(linears[t]) for t in targets)
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """Which layers one training step runs forward and backward.
+
+    Attributes:
+        forward_layers: decoder layers run forward (with grad or not).
+        backward_layers: decoder layers the backward pass goes through (top ones).
+        lora_forward_layers: layers whose LoRA runs forward.
+        trained_lora_layers: layers whose LoRA trains (weight gradients).
+        head_forward: the LM head runs forward.
+        head_backward: the loss's gradient goes through the LM head.
+    """
+
+    forward_layers: int
+    backward_layers: int
+    lora_forward_layers: int
+    trained_lora_layers: int
+    head_forward: bool = True
+    head_backward: bool = True
+
+
+def flops_per_token(shape: DecoderShape, seq_len: int, plan: PassPlan, lora_rank: int,
+                    lora_targets: Sequence[str]) -> int:
+    """Model FLOPs per token of one pass ``plan`` (see the module docstring for what counts)."""
+    weights, lora = layer_weight_params(shape), lora_params(shape, lora_rank, lora_targets)
+    attention = 4 * seq_len * shape.hidden
+    head = 2 * shape.hidden * shape.vocab
+    total = plan.forward_layers * (2 * weights + attention) + plan.lora_forward_layers * 2 * lora
+    total += plan.backward_layers * (2 * weights + 2 * attention + 2 * lora)  # input gradients
+    total += plan.trained_lora_layers * 2 * lora  # LoRA weight gradients
+    total += head * (int(plan.head_forward) + int(plan.head_backward))
+    return total
+
+
+def client_plan(compressed_layers: int, trained_layers: int, lowest_trained_from_top: int | None = None) -> PassPlan:
+    """A client step: forward through the whole compressed model, backward from the loss down to the
+    lowest trained layer (``lowest_trained_from_top`` layers counted from the top; default the
+    trained layers, i.e. a top adapter). FedAvg-LoRA: ``client_plan(n, n)``."""
+    down = trained_layers if lowest_trained_from_top is None else lowest_trained_from_top
+    return PassPlan(compressed_layers, down, compressed_layers, trained_layers)
+
+
+def alignment_plans(compressed_layers: int, emulator_layers: int, full_layers: int,
+                    kl: bool) -> tuple[PassPlan, PassPlan]:
+    """The alignment step's (student, teacher) passes.
+
+    Student: the compressed model, forward to the logits if ``kl`` else to the last emulator layer;
+    backward from the logits (``kl``) or the emulator's output down to layer 0; the emulator LoRA
+    trains. Teacher: the full model with the adapter, forward only (no grad), to the logits if ``kl``
+    else up to the original layers the emulator replaces (about ``full_layers - adapter``).
+    """
+    adapter = compressed_layers - emulator_layers
+    if kl:
+        student = PassPlan(compressed_layers, compressed_layers, compressed_layers, emulator_layers)
+        teacher = PassPlan(full_layers, 0, adapter, 0, head_forward=True, head_backward=False)
+    else:
+        student = PassPlan(emulator_layers, emulator_layers, emulator_layers, emulator_layers,
+                           head_forward=False, head_backward=False)
+        teacher = PassPlan(full_layers - adapter, 0, 0, 0, head_forward=False, head_backward=False)
+    return student, teacher
+
+
+def mfu(flops_per_tok: float, tokens_per_second: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the device's peak."""
+    return flops_per_tok * tokens_per_second / peak_flops

@@ -1,0 +1,177 @@
+"""DeepSpeed ZeRO-3 on the CPU: two gloo processes run the server's sharded full model and a round's
+client fits, against a plain (unsharded) split doing the same steps.
+
+DeepSpeed's CPU accelerator runs the real ZeRO-3 machinery (partitioning, gathering, the stage-3
+optimizer); Lightning's DeepSpeedStrategy itself refuses non-CUDA accelerators, so the engine is made
+with ``deepspeed.initialize`` and the strategy's config builder. Each process runs both models.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+from fedbiot_pl.scaling import deepspeed_available
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not deepspeed_available(), reason="DeepSpeed is not installed (pip install 'fedbiot-pl[deepspeed]')"),
+]
+
+MODEL = "embedded:models/stories260K"
+SPLIT = {"adapter_layers": 2, "drop_rate": 0.2, "dtype": "bfloat16", "lora_dropout": 0.0}
+WORLD = 2
+
+
+def _batch(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 500, (2, 16), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _split(zero3_config=None):
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from fedbiot_pl.scaling import zero3_loading_config
+    from fedbiot_pl.split import SplitModel
+
+    keep = HfDeepSpeedConfig(zero3_loading_config(zero3_config, torch.bfloat16)) if zero3_config else None
+    split = SplitModel(MODEL, **SPLIT).build()
+    del keep
+    torch.manual_seed(0)
+    with torch.no_grad():  # the same non-zero LoRA on every rank and in both models
+        for p in split.lora_parameters("all").values():
+            p.normal_(0, 0.1)
+    return split
+
+
+def _fit_clients(split, clients, round_batches):
+    from fedbiot_pl.modules import AdapterFinetuneModule
+    from torch.utils.data import DataLoader
+
+    from fedbiot_pl.client_placement import Upload
+    from fedbiot_pl.client_trainer import build_client_trainer, client_fit_context
+
+    client = AdapterFinetuneModule(split, log_steps=False, lr=1e-2, proximal_weight=1.0)
+    start = split.lora_state("adapter")
+    uploads = {}
+    for cid in clients:
+        split.load_lora_state(start)
+        with client_fit_context():
+            trainer = build_client_trainer(torch.device("cpu"), "32-true", 2, 1)
+            trainer.fit(client, train_dataloaders=DataLoader(round_batches[cid], batch_size=None))
+        uploads[cid] = Upload(split.lora_state("adapter"), float(cid + 1), client.mean_loss)
+    return uploads
+
+
+def _worker(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    import deepspeed
+    from fedbiot_pl.modules import EmulatorAlignmentModule
+
+    from fedbiot_pl.client_placement import average_uploads, clients_of_rank, gather_uploads
+    from fedbiot_pl.scaling import compressed_model_gathered, deepspeed_config, lora_gathered
+
+    # DeepSpeed's shared-memory all-reduce for CPUs is a C++ extension compiled on first use (minutes
+    # on a fresh machine); gloo does the same job here.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed("gloo")
+    config = {**deepspeed_config(3), "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+              "gradient_clipping": 0.0}
+    reference, sharded = _split(), _split(config)
+
+    # The full model is partitioned: no tensor whole on this rank, each rank holds about half, in bf16.
+    full = dict(sharded.full.named_parameters())
+    assert all(p.numel() == 0 and p.dtype == torch.bfloat16 for p in full.values())
+    held = sum(p.ds_tensor.numel() for p in full.values())
+    total = sum(p.ds_numel for p in full.values())
+    assert total // WORLD <= held <= total // WORLD + 2 * len(full)
+    assert {p.dtype for p in sharded.lora_parameters("all").values()} == {torch.float32}
+
+    modules = {}
+    for name, split in (("reference", reference), ("sharded", sharded)):
+        module = EmulatorAlignmentModule(split, kl_weight=1.0)
+        split.set_trainable("emulator")
+        split.eval()
+        optimizer = torch.optim.SGD(list(split.lora_parameters("emulator").values()), lr=0.05)
+        modules[name] = (module, optimizer)
+    module, optimizer = modules["sharded"]
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config,
+                                      model_parameters=list(sharded.lora_parameters("emulator").values()))
+    module.forward = lambda ids, mask: module.alignment_losses(ids, mask)  # what Lightning redirects to
+    public = _batch(100)  # the same public batch on both ranks, so the averaged gradient is this one's
+
+    def align_sharded() -> dict[str, float]:
+        losses = engine(public["input_ids"], public["attention_mask"])
+        engine.backward(losses["l2"] + losses["kl"])
+        engine.step()
+        return {k: v.item() for k, v in losses.items()}
+
+    def align_reference() -> dict[str, float]:
+        ref_module, ref_optimizer = modules["reference"]
+        losses = ref_module.alignment_losses(public["input_ids"], public["attention_mask"])
+        (losses["l2"] + losses["kl"]).backward()
+        ref_optimizer.step()
+        ref_optimizer.zero_grad()
+        return {k: v.item() for k, v in losses.items()}
+
+    # 1. Alignment under ZeRO-3 = alignment of the unsharded split (bf16 weights: rounding-level gaps).
+    got, want = align_sharded(), align_reference()
+    assert got == pytest.approx(want, rel=2e-3)
+    with lora_gathered(sharded):
+        emulator = sharded.lora_state("emulator")
+    for key, value in reference.lora_state("emulator").items():
+        torch.testing.assert_close(emulator[key], value, atol=2e-3, rtol=1e-2)
+
+    # 2. A round's clients: rank r fits its share, alone; every rank averages the gathered uploads.
+    # Both models start from the sharded one's LoRA: the gathered compressed model is then bit for bit
+    # the unsharded one, and so are the fits.
+    with lora_gathered(sharded):
+        reference.load_lora_state(sharded.lora_state("all"))
+    clients = [0, 1, 2]
+    round_batches = {c: [_batch(10 * c + i) for i in range(2)] for c in clients}
+    dropped = [p for n, p in sharded.full.named_parameters() if ".layers.1." in n]  # beta=0.2 drops layer 1
+    with compressed_model_gathered(engine, sharded):
+        assert all(p.numel() > 0 for p in sharded.compressed.parameters())
+        assert all(p.numel() == 0 for p in dropped)  # the dropped layers are never gathered
+        mine = clients_of_rank(clients, rank, WORLD)
+        uploads = gather_uploads(_fit_clients(sharded, mine, round_batches), clients)
+        average = average_uploads(uploads)
+        sharded.load_lora_state(average)
+    reference_uploads = _fit_clients(reference, clients, round_batches)
+    assert [u.loss for u in uploads] == [reference_uploads[c].loss for c in clients]
+    reference.load_lora_state(average_uploads([reference_uploads[c] for c in clients]))
+    for key, value in reference.lora_state("adapter").items():
+        torch.testing.assert_close(average[key], value, atol=0, rtol=0)
+
+    # 3. The averaged adapter survives the next ZeRO-3 steps (they re-gather LoRA from the partitions).
+    for name in ("reference", "sharded"):
+        modules[name][0].split.set_trainable("emulator")
+        modules[name][0].split.eval()
+    got, want = align_sharded(), align_reference()
+    assert got == pytest.approx(want, rel=5e-3)
+    align_sharded()
+    with lora_gathered(sharded):
+        after = sharded.lora_state("adapter")
+    for key, value in average.items():
+        torch.testing.assert_close(after[key], value, atol=0, rtol=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_zero3_server_and_client_round_match_an_unsharded_split():
+    torch.multiprocessing.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
