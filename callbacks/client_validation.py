@@ -8,12 +8,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from fedbiot_pl.modules.generation_module import Variant
 from lightning.pytorch import Callback
 from torch import nn
 from typing_extensions import override
 
 from fedbiot_pl.export import atomic_write
-from fedbiot_pl.modules.generation_module import Variant
 
 
 @torch.no_grad()

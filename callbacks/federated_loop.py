@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from lightning.pytorch import Callback
 from typing_extensions import override
 
@@ -16,11 +17,15 @@ from fedbiot_pl import fault_injection
 from fedbiot_pl.aggregation import fedavg
 from fedbiot_pl.algorithms import Algorithm, algorithm_issues, algorithm_spec
 from fedbiot_pl.client_faults import (
-    RoundAttempt, TooFewClientsError, fault_setting_issues, fault_totals, round_record, too_few_message,
+    RoundAttempt,
+    TooFewClientsError,
+    fault_setting_issues,
+    fault_totals,
+    round_record,
+    too_few_message,
 )
 from fedbiot_pl.communication import CommLedger
 from fedbiot_pl.export import export_adapters, write_text_atomic
-from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.rng_state import capture_rng, restore_rng
 from fedbiot_pl.sampling import clients_per_round, sample_clients
 from fedbiot_pl.scaling import client_phase, lora_gathered
@@ -116,7 +121,7 @@ class FederatedLoop(ClientRounds, Callback):
         align_steps: int = 5,
         local_steps: int = 30,
         client_accumulate_grad_batches: int = 2,
-        clients_per_round: int | float | None = None,
+        clients_per_round: float | None = None,
         proximal_weight: float = 0.0,
         client_lr: float = 1e-4,
         client_betas: tuple[float, float] = (0.9, 0.95),

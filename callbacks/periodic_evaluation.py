@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as pl
+from fedbiot_pl.modules.generation_module import GenerationSettings, Variant
 from lightning.pytorch import Callback
 from typing_extensions import override
 
 from fedbiot_pl.evaluation import DEFAULT_DATA, Task, evaluate_split, read_eval_records
 from fedbiot_pl.export import atomic_write
-from fedbiot_pl.modules.generation_module import GenerationSettings, Variant
 
 
 class PeriodicEvaluation(Callback):

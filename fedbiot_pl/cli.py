@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import lazy_instance
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
@@ -70,7 +70,7 @@ class FedBiOTCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         # Engine and precision settings this machine cannot run fail here, before any weights load.
-        from fedbiot_pl.scaling import check_scaling
+        from fedbiot_pl.scaling_checks import check_scaling
 
         check_scaling(self.config[self.subcommand] if self.subcommand else self.config)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 
-def clients_per_round(num_clients: int, per_round: int | float | None) -> int:
+def clients_per_round(num_clients: int, per_round: float | None) -> int:
     """How many clients a round samples: ``None`` = all, an int = that many, a float in (0, 1] = that
     fraction (rounded up, at least 1).
 
@@ -28,7 +28,7 @@ def clients_per_round(num_clients: int, per_round: int | float | None) -> int:
 
 
 def sample_clients(
-    num_clients: int, per_round: int | float | None, seed: int, round_idx: int, attempt: int = 0
+    num_clients: int, per_round: float | None, seed: int, round_idx: int, attempt: int = 0
 ) -> list[int]:
     """Sorted ids of the clients of round ``round_idx``; the same (seed, round) gives the same set,
     so a resumed run samples exactly as an uninterrupted one.

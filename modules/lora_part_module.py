@@ -11,7 +11,6 @@ from typing_extensions import override
 
 from fedbiot_pl.split import Part, SplitModel
 
-
 CHECKPOINT_PREFIX = "split.compressed."
 
 

@@ -10,17 +10,8 @@ import pytest
 import torch
 from fedbiot_pl.modules import EmulatorAlignmentModule
 
-from fedbiot_pl.scaling import (
-    INSTALL_HINT,
-    LORA_CHECKPOINT_KEY,
-    check_scaling,
-    client_phase,
-    deepspeed_available,
-    deepspeed_config,
-    scaling_issues,
-    uses_deepspeed,
-    zero3_loading_config,
-)
+from fedbiot_pl.scaling import LORA_CHECKPOINT_KEY, client_phase, deepspeed_config, zero3_loading_config
+from fedbiot_pl.scaling_checks import INSTALL_HINT, check_scaling, deepspeed_available, scaling_issues, uses_deepspeed
 from fedbiot_pl.split import SplitModel
 from tests.conftest import tiny_llama
 

@@ -14,7 +14,7 @@ import socket
 import pytest
 import torch
 
-from fedbiot_pl.scaling import deepspeed_available
+from fedbiot_pl.scaling_checks import deepspeed_available
 
 pytestmark = [
     pytest.mark.slow,
