@@ -68,6 +68,18 @@ def uses_deepspeed(strategy: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, DeepSpeedStrategy)
 
 
+def uses_ddp(strategy: Any) -> bool:
+    """Whether a ``trainer.strategy`` value (name, ``class_path`` dict or instance) is DDP."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if isinstance(strategy, DDPStrategy):
+        return True
+    if isinstance(strategy, str):
+        return strategy.lower().startswith("ddp")
+    path = _class_path(strategy) or ""
+    return path.rpartition(".")[2].lower().startswith("ddp")
+
+
 def _get(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
     node: Any = config
     for key in dotted.split("."):
@@ -107,13 +119,24 @@ def scaling_issues(config: Mapping[str, Any], *, cuda: bool, deepspeed_installed
         if precision != "32-true":
             issues.append(precision_message(precision, deepspeed=True))
         spec = ALGORITHMS.get(algorithm)
+        if spec is not None and not spec.full_model and not spec.aligns_each_round \
+                and _get(config, "trainer.devices", 1) not in (1, "1", [0]):
+            issues.append(
+                f"federated.algorithm {algorithm!r} has server epochs without an alignment step, which Lightning "
+                "refuses on several ranks; set trainer.devices: 1."
+            )
         if spec is not None and spec.full_model:
             issues.append(
                 f"federated.algorithm {algorithm!r} trains nothing on the server, so DeepSpeed has no optimizer "
-                "state to shard; set trainer.strategy: ddp_find_unused_parameters_true (clients spread over the "
-                "GPUs) or auto."
+                "state to shard; set trainer.strategy: auto and trainer.devices: 1."
             )
-    elif precision in HALF_PRECISIONS:
+    elif uses_ddp(strategy) and _get(config, "trainer.devices", 1) not in (1, "1", [0]):
+        issues.append(
+            "trainer.strategy DDP over several devices is not supported for the server: DDP's gradient hooks "
+            "fire during the client fits that share the server's model. Use trainer.strategy: "
+            "fedbiot_pl.scaling.FedBiOTDeepSpeed for several GPUs, or trainer.devices: 1."
+        )
+    if not deepspeed and precision in HALF_PRECISIONS:
         issues.append(precision_message(precision, deepspeed=False))
     if accelerator in ("gpu", "cuda") and not cuda:
         issues.append(

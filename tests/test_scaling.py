@@ -252,3 +252,18 @@ def test_check_scaling_reads_a_namespace():
     namespace.trainer.strategy = "deepspeed"
     with pytest.raises(ValueError, match="runs only on CUDA GPUs"):
         check_scaling(namespace, cuda=False, deepspeed_installed=True)
+
+
+def test_server_ddp_over_several_devices_and_rounds_without_alignment_on_several_ranks_are_refused():
+    ddp = with_trainer(strategy="ddp", devices=2)
+    assert any(i.startswith("trainer.strategy DDP over several devices is not supported") for i in
+               scaling_issues(ddp, cuda=True, deepspeed_installed=True))
+    assert not any("DDP over several" in i for i in
+                   scaling_issues(with_trainer(strategy="ddp", devices=1), cuda=True, deepspeed_installed=True))
+    fedot = {**with_trainer(devices=4), "federated": {"algorithm": "fedot"}}
+    assert scaling_issues(fedot, cuda=True, deepspeed_installed=True) == [
+        "federated.algorithm 'fedot' has server epochs without an alignment step, which Lightning refuses on "
+        "several ranks; set trainer.devices: 1."
+    ]
+    assert scaling_issues({**with_trainer(devices=4), "federated": {"algorithm": "fedbiot"}}, cuda=True,
+                          deepspeed_installed=True) == []
