@@ -41,14 +41,18 @@ def _seed_and_dtype():
     torch.set_default_dtype(dtype)
 
 
-@pytest.fixture
-def batch() -> dict[str, torch.Tensor]:
-    """Two sequences, the second right-padded by 3 tokens; labels mask the first 4 (prompt) tokens."""
-    g = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(3, 128, (2, 12), generator=g)
+def padded_batch(seed: int = 1, vocab: int = 128, length: int = 12, padding: int = 3) -> dict[str, torch.Tensor]:
+    """Two sequences, the second right-padded by ``padding`` tokens; labels mask the first 4 (prompt) tokens."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (2, length), generator=g)
     attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 9:] = 0
+    attention_mask[1, length - padding :] = 0
     labels = input_ids.clone()
     labels[:, :4] = -100
     labels[attention_mask == 0] = -100
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@pytest.fixture
+def batch() -> dict[str, torch.Tensor]:
+    return padded_batch()

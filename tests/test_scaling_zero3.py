@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fedbiot_pl.scaling_checks import deepspeed_available
+from tests.conftest import padded_batch
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,14 +28,7 @@ WORLD = 2
 
 
 def _batch(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 500, (2, 16), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 12:] = 0
-    labels = ids.clone()
-    labels[:, :4] = -100
-    labels[mask == 0] = -100
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return padded_batch(seed, vocab=500, length=16, padding=4)
 
 
 def _split(zero3_config=None):
