@@ -14,11 +14,11 @@ import statistics
 import time
 
 import torch
-from fedbiot_pl.modules import GenerationModule, GenerationSettings
-from fedbiot_pl.modules.generation_module import left_padded_batches
 from transformers import AutoTokenizer
 
 from fedbiot_pl.assets import resolve
+from fedbiot_pl.modules import GenerationModule, GenerationSettings
+from fedbiot_pl.modules.generation_module import left_padded_batches
 from fedbiot_pl.split import SplitModel
 
 PROMPTS = ["Once upon a time", "Lily had a red ball", "The little dog ran to the park", "Tom and Sue",

@@ -150,10 +150,10 @@ def allocated_gib(device: torch.device) -> float:
 
 def fit_client(split, args: argparse.Namespace, data: list[dict], device: torch.device, steps: int) -> float:
     """One client fit through the toolkit's lean Trainer; returns its wall time (synchronised)."""
-    from fedbiot_pl.modules import AdapterFinetuneModule
     from torch.utils.data import DataLoader
 
     from fedbiot_pl.client_trainer import build_client_trainer, client_fit_context
+    from fedbiot_pl.modules import AdapterFinetuneModule
 
     module = AdapterFinetuneModule(split, log_steps=False, proximal_weight=1.0 if split.algorithm == "fedbiot" else 0.0)
     sync(device)
@@ -200,9 +200,9 @@ def phase_client(args: argparse.Namespace, algorithm: str) -> dict:
 def zero_engine(args: argparse.Namespace, device: torch.device):
     """The FedBiOT split loaded partitioned (ZeRO-3) or whole (ZeRO-2), its alignment module and engine."""
     import deepspeed
-    from fedbiot_pl.modules import EmulatorAlignmentModule
     from transformers.integrations import HfDeepSpeedConfig
 
+    from fedbiot_pl.modules import EmulatorAlignmentModule
     from fedbiot_pl.scaling import deepspeed_config, zero3_loading_config
 
     if device.type == "cpu":  # the CPU smoke test: gloo, without DeepSpeed's compiled shared-memory op

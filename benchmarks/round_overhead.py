@@ -57,13 +57,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from fedbiot_pl.callbacks.federated_loop import FederatedLoop
-from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from fedbiot_pl.aggregation import fedavg
 from fedbiot_pl.assets import resolve
+from fedbiot_pl.callbacks.federated_loop import FederatedLoop
+from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.split import SplitModel
 
 # Random-init LLaMA presets (the shapes of the LlamaConfig); anything else is a model path/hub id.

@@ -14,7 +14,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from lightning.pytorch import Callback
 from torch import Tensor
 
@@ -23,6 +22,7 @@ from fedbiot_pl.client_faults import RoundAttempt
 from fedbiot_pl.client_placement import client_seed, clients_of_rank, gather_by_client
 from fedbiot_pl.client_trainer import ClientDeadline, ClientTimeout, build_client_trainer, client_fit_context
 from fedbiot_pl.communication import CommLedger, encode_update
+from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.split import SplitModel
 from fedbiot_pl.update_validation import receive_update
 

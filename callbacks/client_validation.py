@@ -8,12 +8,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from fedbiot_pl.modules.generation_module import Variant
 from lightning.pytorch import Callback
 from torch import nn
 from typing_extensions import override
 
+from fedbiot_pl.callbacks.federated_loop import round_due
 from fedbiot_pl.export import atomic_write
+from fedbiot_pl.modules.generation_module import Variant
 
 
 @torch.no_grad()
@@ -60,12 +61,10 @@ class ClientValidation(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loop = next((cb for cb in trainer.callbacks if hasattr(cb, "round_index")), None)
+        loop, round_idx = round_due(trainer, self.every_n_rounds)
         if loop is None:
             raise RuntimeError("ClientValidation needs a FederatedLoop among the Trainer's callbacks.")
-        round_idx = loop.round_index(trainer.current_epoch)
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        if round_idx is None or ((round_idx + 1) % self.every_n_rounds and not last):
+        if round_idx is None:
             return
         data, split = trainer.datamodule, pl_module.split
         loaders = [data.client_val_dataloader(c) for c in range(data.num_clients)]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from lightning.pytorch import Callback
 from typing_extensions import override
 
@@ -26,6 +25,7 @@ from fedbiot_pl.client_faults import (
 )
 from fedbiot_pl.communication import CommLedger
 from fedbiot_pl.export import export_adapters, write_text_atomic
+from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.rng_state import capture_rng, restore_rng
 from fedbiot_pl.sampling import clients_per_round, sample_clients
 from fedbiot_pl.scaling import client_phase, lora_gathered
@@ -34,6 +34,18 @@ from .client_rounds import ClientRounds
 
 log = logging.getLogger(__name__)
 CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
+
+
+def round_due(trainer: pl.Trainer, every_n_rounds: int) -> tuple[FederatedLoop | None, int | None]:
+    """The trainer's :class:`FederatedLoop` (``None`` if it has none) and the round its current epoch
+    ends, if that round is due for a periodic callback: rounds ``n, 2n, ...`` and the last epoch;
+    else ``None`` (also for pre-alignment epochs). Without a loop, epochs count as rounds."""
+    loop = next((cb for cb in trainer.callbacks if isinstance(cb, FederatedLoop)), None)
+    round_idx = loop.round_index(trainer.current_epoch) if loop else trainer.current_epoch
+    last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+    if round_idx is None or ((round_idx + 1) % every_n_rounds and not last):
+        return loop, None
+    return loop, round_idx
 
 
 class FederatedLoop(ClientRounds, Callback):

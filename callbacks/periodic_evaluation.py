@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as pl
-from fedbiot_pl.modules.generation_module import GenerationSettings, Variant
 from lightning.pytorch import Callback
 from typing_extensions import override
 
+from fedbiot_pl.callbacks.federated_loop import round_due
 from fedbiot_pl.evaluation import DEFAULT_DATA, Task, evaluate_split, read_eval_records
 from fedbiot_pl.export import atomic_write
+from fedbiot_pl.modules.generation_module import GenerationSettings, Variant
 
 
 class PeriodicEvaluation(Callback):
@@ -50,10 +51,8 @@ class PeriodicEvaluation(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loop = next((cb for cb in trainer.callbacks if hasattr(cb, "round_index")), None)
-        round_idx = loop.round_index(trainer.current_epoch) if loop else trainer.current_epoch
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        if round_idx is None or ((round_idx + 1) % self.every_n_rounds and not last):
+        _, round_idx = round_due(trainer, self.every_n_rounds)
+        if round_idx is None:
             return
         result = evaluate_split(pl_module.split, trainer.datamodule.tokenizer, self.task, self.rows, self.variants,
                                 self.settings, self.batch_size, self.shots, self.seed)

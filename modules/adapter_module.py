@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.algorithms import ProximalKind
 from fedbiot_pl.losses import lora_param_proximal, lora_proximal
+from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from fedbiot_pl.split import SplitModel
 
 

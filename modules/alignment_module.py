@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.capture import capture_output, run_until_stopped
 from fedbiot_pl.losses import causal_lm_ce, kl_teacher_student, normalized_l2
+from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from fedbiot_pl.split import SplitModel
 
 

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fedbiot_pl.callbacks import ClientValidation
-from fedbiot_pl.datamodules import FederatedInstructionDataModule
-from fedbiot_pl.modules import EmulatorAlignmentModule
 from peft import PeftConfig
 
 from fedbiot_pl.algorithms import ALGORITHMS, algorithm_issues
+from fedbiot_pl.callbacks import ClientValidation
 from fedbiot_pl.cli import FedBiOTCLI, main
+from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.evaluate import run_split_args
+from fedbiot_pl.modules import EmulatorAlignmentModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"gsm8k": 3, "code": 9, "dolly": 8}  # the paper's client counts

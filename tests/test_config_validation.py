@@ -1,10 +1,10 @@
 """Impossible settings fail at start-up, each message naming the field and what it allows."""
 
 import pytest
-from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.datamodules import FederatedInstructionDataModule
 
+from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.cli import DEFAULT_CONFIG, main
+from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.fault_injection import parse_faults
 from fedbiot_pl.split import SplitModel
 from tests.test_federated_loop import make_module, server_trainer

@@ -9,9 +9,9 @@ import collections
 from pathlib import Path
 
 import pytest
-from fedbiot_pl.datamodules import FederatedInstructionDataModule
 
 from fedbiot_pl.data_sources import DataSource, check_source, load_source, source_client_keys
+from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.partition import meta_partition
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

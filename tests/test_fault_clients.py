@@ -3,11 +3,11 @@ and too few accepted updates retry the round or stop the run with a clear messag
 
 import json
 
-import fedbiot_pl.callbacks.federated_loop as loop_module
 import pytest
 import torch
-from fedbiot_pl.callbacks import FederatedLoop
 
+import fedbiot_pl.callbacks.federated_loop as loop_module
+from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.client_faults import TooFewClientsError
 from fedbiot_pl.fault_injection import ENV
 from fedbiot_pl.sampling import sample_clients

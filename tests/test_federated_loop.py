@@ -1,13 +1,13 @@
 import json
 
-import fedbiot_pl.callbacks.federated_loop as loop_module
 import lightning as L
 import pytest
 import torch
-from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.modules import EmulatorAlignmentModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+import fedbiot_pl.callbacks.federated_loop as loop_module
+from fedbiot_pl.callbacks import FederatedLoop
+from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.split import SplitModel
 from tests.toy_data import ToyFederatedData
 
@@ -134,11 +134,11 @@ def test_loop_needs_client_data_and_no_max_steps(tmp_path):
 
 
 def test_periodic_evaluation_runs_every_n_rounds(tmp_path):
-    from fedbiot_pl.callbacks import PeriodicEvaluation
     from lightning.pytorch.loggers import CSVLogger
     from transformers import AutoTokenizer
 
     from fedbiot_pl.assets import resolve
+    from fedbiot_pl.callbacks import PeriodicEvaluation
 
     data = ToyFederatedData(vocab=512)
     data.tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:models/stories260K"))

@@ -1,12 +1,12 @@
 import pytest
 import torch
-from fedbiot_pl.modules import GenerationModule, GenerationSettings
-from fedbiot_pl.modules.generation_module import left_padded_batches
 from transformers import AutoTokenizer
 
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.eval_prompts import GSM8K_DEMOS, clean_code, code_prompt, gsm8k_prompt, strip_chat_tail
 from fedbiot_pl.evaluation import build_prompts, generate, read_eval_records
+from fedbiot_pl.modules import GenerationModule, GenerationSettings
+from fedbiot_pl.modules.generation_module import left_padded_batches
 from fedbiot_pl.run_artifacts import load_run_lora
 from fedbiot_pl.split import SplitModel
 from tests.conftest import tiny_llama

@@ -2,9 +2,9 @@ import copy
 
 import lightning as L
 import torch
-from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 
 from fedbiot_pl.losses import kl_teacher_student, normalized_l2
+from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from fedbiot_pl.split import SplitModel
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData

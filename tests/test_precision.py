@@ -7,9 +7,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from torch.utils.data import DataLoader
 
+from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from fedbiot_pl.split import SplitModel
 from tests.conftest import tiny_llama
 

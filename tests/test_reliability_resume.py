@@ -10,17 +10,17 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
-from fedbiot_pl.modules import EmulatorAlignmentModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.checkpoint_io import AtomicCheckpointIO
 from fedbiot_pl.csv_logger import AtomicCSVLogger, resume_version
+from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
 from fedbiot_pl.export import atomic_write
 from fedbiot_pl.fault_injection import ENV, InjectedCrash
+from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.split import SplitModel
 from tests.toy_data import ToyFederatedData
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from fedbiot_pl.modules import EmulatorAlignmentModule
 
+from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.scaling import LORA_CHECKPOINT_KEY, client_phase, deepspeed_config, zero3_loading_config
 from fedbiot_pl.scaling_checks import INSTALL_HINT, check_scaling, deepspeed_available, scaling_issues, uses_deepspeed
 from fedbiot_pl.split import SplitModel
@@ -101,9 +101,8 @@ def test_strategy_refuses_a_precision_that_would_cast_the_lora(monkeypatch):
 
 @needs_deepspeed
 def test_yaml_recipe_builds_the_strategy(monkeypatch):
-    from fedbiot_pl.datamodules import FederatedInstructionDataModule
-
     from fedbiot_pl.cli import TRAINER_DEFAULTS, FedBiOTCLI
+    from fedbiot_pl.datamodules import FederatedInstructionDataModule
     from fedbiot_pl.scaling import FedBiOTDeepSpeed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the start-up check passes as on a GPU node

@@ -48,11 +48,11 @@ def _split(zero3_config=None):
 
 
 def _fit_clients(split, clients, round_batches):
-    from fedbiot_pl.modules import AdapterFinetuneModule
     from torch.utils.data import DataLoader
 
     from fedbiot_pl.client_placement import Upload
     from fedbiot_pl.client_trainer import build_client_trainer, client_fit_context
+    from fedbiot_pl.modules import AdapterFinetuneModule
 
     client = AdapterFinetuneModule(split, log_steps=False, lr=1e-2, proximal_weight=1.0)
     start = split.lora_state("adapter")
@@ -71,9 +71,9 @@ def _worker(rank: int, port: int) -> None:
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     import deepspeed
-    from fedbiot_pl.modules import EmulatorAlignmentModule
 
     from fedbiot_pl.client_placement import average_uploads, clients_of_rank, gather_uploads
+    from fedbiot_pl.modules import EmulatorAlignmentModule
     from fedbiot_pl.scaling import compressed_model_gathered, deepspeed_config, lora_gathered
 
     # DeepSpeed's shared-memory all-reduce for CPUs is a C++ extension compiled on first use (minutes
