@@ -8,9 +8,16 @@ forks the program and reports its exit status. As root on Linux the program runs
   **PID** namespaces. The PID namespace ends with the program: when it exits or is killed, the
   kernel kills every process it left behind, daemons included;
 * with a private size-limited tmpfs as working folder and as ``/tmp``, ``/var/tmp``, ``/dev/shm``
-  and ``/run/lock``, so it writes nothing to the host's disks; directories that hide the
-  interpreter from other users (e.g. ``/root`` of a pyenv install) are replaced by an empty tmpfs
-  that shows only the interpreter's prefix;
+  and ``/run/lock``, so it writes nothing to the host's disks; a folder closed to other users on
+  the way to the interpreter (``/root`` of a pyenv install, pytest's 0700 ``/tmp/pytest-of-root``)
+  is replaced by an empty tmpfs;
+* seeing the folders its :class:`Language` needs (for Python the interpreter's prefixes, see
+  :func:`python_language`) read-only, wherever they lie. A needed folder that the private tmpfs or
+  a hiding tmpfs would cover (a virtual environment under ``/tmp``, a conda prefix under
+  ``/root``) is opened (``O_PATH``) *before* anything is mounted over it, and bound back from that
+  handle (``/proc/self/fd/N``) onto the same path, recreated (0755) in the new tmpfs; a read-only,
+  nosuid, nodev remount follows (sub-mounts keep their own flags). Without that order the folder
+  would already be hidden when it is bound;
 * as an unprivileged user of its own (uid = gid from ``UID_BASE``, one per concurrent run, chosen
   with a lock file so several processes can share the machine; not ``nobody``, whose process count
   and processes other programs share), without supplementary groups;
@@ -20,7 +27,8 @@ forks the program and reports its exit status. As root on Linux the program runs
   process group, and the program with it: parent-death signal).
 
 Without root the launcher tries the same namespaces inside a user namespace (the program keeps the
-caller's uid, so it can still touch the caller's files). If no network namespace can be made, the
+caller's uid, so it can still touch the caller's files; nothing needs hiding from it, but needed
+folders under the private tmpfs are bound back read-only the same way). If no network namespace can be made, the
 Python program starts with the socket modules disabled (best effort; ``ExecutionResult.network``
 says which protection applied). Programs can still *read* world-readable host files.
 
@@ -51,7 +59,8 @@ from pathlib import Path
 from typing import IO, Literal
 
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000, 0x20000000, 0x40000000, 0x10000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG = 1
 UID_BASE = 64000
 """First uid (and gid) handed to sandboxed programs; uids known to the passwd database are skipped."""
@@ -131,17 +140,48 @@ def humaneval_python_program(problem: Mapping[str, str], completion: str) -> str
 
 
 def python_language(interpreter: str = sys.executable, site: bool = True) -> Language:
-    """Python, run as ``interpreter -I [-S] main.py``; ``site=False`` skips site-packages (faster)."""
+    """Python, run as ``interpreter -I [-S] main.py``; ``site=False`` skips site-packages (faster).
+
+    The sandbox exposes the folder of ``interpreter`` and of its target (a virtual environment's
+    ``bin/python`` is a symlink), the interpreter's prefixes (the standard library, site-packages
+    and ``libpython`` lie there, not in ``bin/``) and a virtual environment's root (``pyvenv.cfg``).
+    Another interpreter than this one is asked for its prefixes once (``-I -S``: no site code runs).
+
+    Raises:
+        ValueError: ``interpreter`` cannot be run, or is not a Python 3 interpreter.
+    """
     path = os.path.abspath(interpreter)  # not resolved: a virtual environment is found from this path
     flags = ["-I"] if site else ["-I", "-S"]
-    ours = os.path.realpath(path) == os.path.realpath(sys.executable)
-    folders = {os.path.dirname(path), os.path.dirname(os.path.realpath(path))}
     return Language(
         name="python", file_name="main.py", build=humaneval_python_program,
         command=lambda file: [path, *flags, file],
         no_network_preamble="import sys; sys.modules.update(dict.fromkeys(('socket', '_socket', 'ssl', '_ssl')))\n",
-        needs=tuple(sorted(folders | ({sys.base_prefix, sys.prefix} if ours else set()))),
+        needs=_python_folders(path),
     )
+
+
+@cache
+def _python_folders(path: str) -> tuple[str, ...]:
+    """Folders the interpreter at the absolute ``path`` reads: see :func:`python_language`."""
+    folders = {os.path.dirname(path), os.path.dirname(os.path.realpath(path))}
+    # pyvenv.cfg lies next to the executable or one folder up; Python 3.10 reads it only in site.py, which
+    # -S skips, so asking a 3.10 venv interpreter would not name its root.
+    folders |= {root for root in (os.path.dirname(path), os.path.dirname(os.path.dirname(path)))
+                if os.path.isfile(os.path.join(root, "pyvenv.cfg"))}
+    if path == os.path.abspath(sys.executable):
+        return tuple(sorted(folders | {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}))
+    code = "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]))"
+    try:
+        asked = subprocess.run([path, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                               check=False, stdin=subprocess.DEVNULL)
+        prefixes = json.loads(asked.stdout) if asked.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError) as error:
+        asked, prefixes = error, None
+    if not (isinstance(prefixes, list) and all(isinstance(p, str) and os.path.isabs(p) for p in prefixes)):
+        detail = asked if isinstance(asked, Exception) else (asked.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"Cannot ask the Python interpreter {path} for its prefixes ({detail}); "
+                         f"pass the path of a working Python 3 executable.")
+    return tuple(sorted(folders | set(prefixes)))
 
 
 LANGUAGES: dict[str, Language] = {"python": python_language()}
@@ -159,7 +199,7 @@ def run_program(source: str, language: str | Language = "python", limits: Limits
         The :class:`ExecutionResult`; the run's folder and processes are gone when it returns.
 
     Raises:
-        ValueError: Unknown language name.
+        ValueError: Unknown language name, or the language needs a folder the private tmpfs replaces.
     """
     spec = _language(language)
     modes = isolation()
@@ -167,9 +207,9 @@ def run_program(source: str, language: str | Language = "python", limits: Limits
     if not modes["net"]:
         source = spec.no_network_preamble + source
     root = os.geteuid() == 0
-    hidden = _hidden_folders(spec.needs) if root else []
-    if hidden and not modes["mount"]:
-        return ExecutionResult(False, "error", f"sandbox user cannot reach {hidden[0][1][0]} (no mount namespace "
+    hidden, binds = _exposure(spec.needs, _masked_folders() if modes["mount"] else [], closed=root)
+    if binds and not modes["mount"]:
+        return ExecutionResult(False, "error", f"sandbox user cannot reach {binds[0]} (no mount namespace "
                                f"to expose it); use an interpreter readable by all users", network)
     with _sandbox_user() as (uid, gid), tempfile.TemporaryDirectory(prefix="fedbiot-sandbox-") as folder:
         src, work = Path(folder, "src"), Path(folder, "work")
@@ -180,7 +220,7 @@ def run_program(source: str, language: str | Language = "python", limits: Limits
         if root:
             os.chown(work, uid, gid)
         config = {
-            "src": str(src), "work": str(work), "uid": uid, "gid": gid, "root": root, "expose": hidden,
+            "src": str(src), "work": str(work), "uid": uid, "gid": gid, "root": root, "hidden": hidden, "binds": binds,
             "net": modes["net"], "mount": modes["mount"], "limits": asdict(limits),
             "argv": spec.command(spec.file_name),
         }
@@ -237,17 +277,43 @@ def _language(language: str | Language) -> Language:
     return LANGUAGES[language]
 
 
-def _hidden_folders(needs: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """[(folder other users cannot enter, [needed folders below it])], e.g. [("/root", ["/root/.pyenv/..."])]."""
-    hidden: dict[str, list[str]] = {}
-    for need in sorted({os.path.realpath(path) for path in needs}):
-        for ancestor in reversed(Path(need).parents):
-            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
-                kept = hidden.setdefault(str(ancestor), [])
-                if not any(need.startswith(f"{done}/") for done in kept):
-                    kept.append(need)
-                break
-    return sorted(hidden.items())
+def _masked_folders() -> list[str]:
+    """The folders the private tmpfs covers: ``/tmp`` and the shared writable ones that are real folders."""
+    return ["/tmp", *(folder for folder in SHARED_WRITABLE if os.path.isdir(folder) and not os.path.islink(folder))]
+
+
+def _exposure(needs: Sequence[str], masked: Sequence[str], closed: bool) -> tuple[list[str], list[str]]:
+    """``(hidden, binds)``: folders to cover with an empty tmpfs, and needed folders to bind back over it.
+
+    A need is bound back when it lies under a ``masked`` folder or (``closed``: the program runs as
+    another user) under a folder without search permission for others, the topmost of which is
+    ``hidden``. Needs are taken as given and resolved (the program may reach them either way); one
+    inside another bound need comes with it, a missing one is skipped (there is nothing to show).
+
+    Raises:
+        ValueError: A need is a masked folder itself: exposing it would expose the host's ``/tmp``.
+    """
+    def within(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    hidden: set[str] = set()
+    binds: list[str] = []
+    forms = {os.path.normpath(os.path.abspath(path)) for path in needs} | {os.path.realpath(path) for path in needs}
+    for need in sorted(form for form in forms if os.path.isdir(form)):  # sorted: a folder before its contents
+        if any(within(need, done) for done in binds):
+            continue
+        if need in masked:
+            raise ValueError(f"A program needs {need}, which the sandbox replaces by its private tmpfs; "
+                             f"move the interpreter or toolchain into a folder of its own.")
+        if any(within(need, folder) for folder in masked):
+            binds.append(need)
+            continue
+        closed_folder = next((str(folder) for folder in reversed(Path(need).parents)
+                              if closed and not os.stat(folder).st_mode & stat.S_IXOTH), None)
+        if closed_folder:
+            hidden.add(closed_folder)
+            binds.append(need)
+    return sorted(hidden), binds
 
 
 @contextmanager
@@ -360,22 +426,26 @@ def _mount(libc: ctypes.CDLL, source: str | None, target: str, fstype: str | Non
 
 
 def _private_filesystem(libc: ctypes.CDLL, config: dict) -> str:
-    """Private /tmp (and the shared writable folders) on one tmpfs; expose hidden folders; return the cwd."""
+    """Private /tmp (and the shared writable folders) on one tmpfs; expose the needed folders; return the cwd.
+
+    The needs are opened first: once a tmpfs covers them (or a folder above them) no path reaches them.
+    """
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
+    handles = [os.open(need, os.O_PATH | os.O_DIRECTORY) for need in config["binds"]]
+    masked = _masked_folders()
     _mount(libc, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={config['limits']['disk_bytes']},mode=1777")
-    for folder in SHARED_WRITABLE:
-        if os.path.isdir(folder) and not os.path.islink(folder):
-            _mount(libc, "/tmp", folder, None, MS_BIND)
-    for index, (hidden, needs) in enumerate(config["expose"]):
-        stages = [f"/tmp/.expose-{index}-{k}" for k in range(len(needs))]
-        for need, stage in zip(needs, stages, strict=True):
-            os.mkdir(stage)
-            _mount(libc, need, stage, None, MS_BIND | MS_REC)
-        _mount(libc, "tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-        for need, stage in zip(needs, stages, strict=True):
-            os.makedirs(need, exist_ok=True)
-            _mount(libc, stage, need, None, MS_MOVE)
-            os.rmdir(stage)
+    for folder in masked[1:]:
+        _mount(libc, "/tmp", folder, None, MS_BIND)
+    for folder in config["hidden"]:
+        _mount(libc, "tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for need, handle in zip(config["binds"], handles, strict=True):
+        os.makedirs(need, exist_ok=True)  # 0755 (umask 022), owned by the launcher, not by the program
+        _mount(libc, f"/proc/self/fd/{handle}", need, None, MS_BIND | MS_REC)  # REC: a user namespace needs it
+        # Read-only only adds protection; the remount sets every per-mount flag, so keep noexec (in a user
+        # namespace clearing an inherited flag fails) and add nosuid and nodev.
+        kept = MS_NOEXEC if os.statvfs(need).f_flag & os.ST_NOEXEC else 0
+        _mount(libc, None, need, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
+        os.close(handle)
     os.mkdir("/tmp/sandbox", 0o700)
     return "/tmp/sandbox"
 
@@ -475,7 +545,7 @@ def _processes_of(uid: int) -> int:
 def _probe() -> dict[str, bool]:
     """Try each isolation level in a throw-away child; the strongest that works wins."""
     libc = ctypes.CDLL(None, use_errno=True)
-    config = {"limits": {"disk_bytes": 1 << 20}, "expose": []}
+    config = {"limits": {"disk_bytes": 1 << 20}, "hidden": [], "binds": []}
     for net, mount in ((True, True), (True, False)):
         pid = os.fork()
         if pid == 0:
