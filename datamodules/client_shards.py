@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 
 from fedbiot_pl.data_sources import PRESET_CLIENT_KEY, DataSource, RecordSpec, source_client_keys
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.partition import dirichlet_partition, iid_partition, meta_partition, train_val_split
 
 PARTITIONS = ("iid", "meta", "dirichlet")
@@ -29,7 +30,7 @@ def keys_for_partition(
     if key is None and partition != "iid":
         key = PRESET_CLIENT_KEY[spec.format]
         if key is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{source.describe()}: partition={partition!r} needs a key, and format {spec.format!r} has none; set "
                 f"partition_key to one of its columns {sorted(rows.column_names)} (or instruction_language), or use "
                 "partition: iid."
@@ -71,10 +72,10 @@ def client_shards(
             shards = dirichlet_partition(keys or [], num_clients, alpha, seed, min_client_size)
         splits = [train_val_split(rows, val_fraction, seed, client) for client, rows in enumerate(shards)]
     except ValueError as error:
-        raise ValueError(f"{where}: {error}") from error
+        raise ConfigError(f"{where}: {error}") from error
     for client, (train, _) in enumerate(splits):
         if len(train) < min_client_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: client {client} gets {len(train)} training row(s), fewer than min_client_size="
                 f"{min_client_size}; use fewer clients, another partition, or a smaller min_client_size."
             )
@@ -96,7 +97,7 @@ def check_client_sizes(
     for client, rows in enumerate(train):
         if len(rows) < min_client_size:
             total = len(assigned[client])
-            raise ValueError(
+            raise ConfigError(
                 f"Client {client} is left with {len(rows)} training example(s) (min_client_size={min_client_size}): "
                 f"{total - len(rows)} of its {total} rows of {where} have responses cut away by max_length="
                 f"{max_length} (or empty, with drop_empty). Raise max_length, use fewer clients, or lower "

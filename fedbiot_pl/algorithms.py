@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from fedbiot_pl.errors import ConfigError
+
 Algorithm = Literal["fedbiot", "offsite_tuning", "fedot", "fedavg_lora", "fedprox"]
 ProximalKind = Literal["delta_w", "params"]
 
@@ -65,7 +67,7 @@ def algorithm_spec(name: str) -> AlgorithmSpec:
         ValueError: ``name`` is not an algorithm, listing the allowed ones.
     """
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}.")
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}.")
     return ALGORITHMS[name]
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedbiot_pl.errors import ConfigError
+
 
 def diagnose_unreadable(path: Path, builder: str, error: BaseException) -> str:
     """Explain why ``datasets`` could not read a file, naming the first bad row when it can.
@@ -82,7 +84,7 @@ def check_columns(where: str, columns: Sequence[str], fields: dict[str, str | No
     """
     for role, column in fields.items():
         if column is not None and column not in columns:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: no column {column!r} for the {role!r} field (its columns are {sorted(columns)}); "
                 f"set `fields: {{{role}: <column>}}` or the right `format`."
             )
@@ -104,17 +106,17 @@ def check_values(where: str, role: str, column: str, values: Iterable[Any], requ
     for number, value in enumerate(values, start=1):
         if value is None:
             if required:
-                raise ValueError(
+                raise ConfigError(
                     f"{where}: row {number} has no {column!r} (missing or null), which holds the {role}; "
                     "give every row a non-empty string there, remove the row, or set drop_empty: true."
                 )
         elif not isinstance(value, str):
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: row {number} field {column!r} is a {type(value).__name__}, not a string; "
                 "store it as a JSON string."
             )
         elif required and not value.strip():
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: row {number} field {column!r} ({role}) is empty; give it text, remove the row, or set "
                 "drop_empty: true."
             )
@@ -145,14 +147,14 @@ def client_keys(
     if key not in columns:
         if key in derived:
             return [derived[key](text) for text in column_values(instruction_column)]
-        raise ValueError(
+        raise ConfigError(
             f"{where}: partition_key {key!r} is not a column (columns: {sorted(columns)}; derived keys: "
             f"{sorted(derived)}); set partition_key to one of them, or use partition: iid."
         )
     keys = []
     for number, value in enumerate(column_values(key), start=1):
         if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: row {number} has no usable partition key {key!r} (got {value!r}); give every row a "
                 "non-empty string there, remove the row, or partition by another key."
             )

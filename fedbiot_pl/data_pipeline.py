@@ -28,6 +28,7 @@ from fedbiot_pl.prompts import (
     gsm8k_to_instruction,
     strip_no_break_spaces,
 )
+from fedbiot_pl.quiet import no_library_progress_bars
 from fedbiot_pl.tokenization import tokenize_batch, tokenizer_fingerprint
 
 PIPELINE_VERSION = "1"
@@ -114,7 +115,7 @@ def tokenize_dataset(
         tokenizer: The tokenizer (with an EOS token).
         max_length: Longest example in tokens; examples whose response does not fit get empty lists.
         tokenizer_hash: :func:`tokenizer_fingerprint` of ``tokenizer`` if already computed.
-        desc: Progress-bar label.
+        desc: Label of the map step (its progress bar is off: the run shows one bar per round).
 
     Returns:
         A data set with the columns of :data:`EXAMPLE_FEATURES`, in the input's row order; rows
@@ -124,15 +125,16 @@ def tokenize_dataset(
     fingerprint = tokenization_fingerprint(
         dataset._fingerprint, spec, tokenizer_hash or tokenizer_fingerprint(tokenizer), max_length
     )
-    return dataset.map(
-        _tokenize_rows,
-        batched=True,
-        remove_columns=dataset.column_names,
-        fn_kwargs={"spec": spec, "tokenizer": tokenizer, "max_length": max_length},
-        features=EXAMPLE_FEATURES,
-        new_fingerprint=fingerprint,
-        desc=desc,
-    )
+    with no_library_progress_bars():  # one progress bar per round is the run's; tokenising is quick
+        return dataset.map(
+            _tokenize_rows,
+            batched=True,
+            remove_columns=dataset.column_names,
+            fn_kwargs={"spec": spec, "tokenizer": tokenizer, "max_length": max_length},
+            features=EXAMPLE_FEATURES,
+            new_fingerprint=fingerprint,
+            desc=desc,
+        )
 
 
 def kept_mask(examples: datasets.Dataset) -> np.ndarray:

@@ -18,7 +18,9 @@ import datasets
 
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.data_checks import check_columns, check_values, client_keys, diagnose_unreadable
+from fedbiot_pl.errors import ConfigError, MissingPathError
 from fedbiot_pl.prompts import instruction_language
+from fedbiot_pl.quiet import no_library_progress_bars
 
 Format = Literal["auto", "gsm8k", "alpaca", "dolly", "code"]
 """A named preset, or ``auto`` to pick one from the columns."""
@@ -87,7 +89,7 @@ class DataSource:
         if self.strip_calculator_annotations and self.format not in ("gsm8k", "auto"):
             problems.append(f"strip_calculator_annotations applies to format gsm8k only, not {self.format!r}.")
         if problems:
-            raise ValueError(f"Invalid DataSource({self.path!r}):\n- " + "\n- ".join(problems))
+            raise ConfigError(f"Invalid DataSource({self.path!r}):\n- " + "\n- ".join(problems))
 
     @property
     def location(self) -> str:
@@ -112,7 +114,7 @@ def file_builder(path: Path) -> str:
     for ending in sorted(FILE_BUILDERS, key=len, reverse=True):
         if name.endswith(ending):
             return FILE_BUILDERS[ending]
-    raise ValueError(
+    raise ConfigError(
         f"{path}: unsupported file type; convert it to one of {', '.join(FILE_BUILDERS)} "
         "(JSON list or one JSON object per line, optionally gzipped, or Parquet)."
     )
@@ -156,7 +158,7 @@ def load_source(source: DataSource, cache_dir: str | None = None) -> datasets.Da
         return _load_hub(source, cache_dir)
     path = Path(location).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"Data file {source.path!r} does not exist (looked for {path}); pass the path of a "
             f"{', '.join(FILE_BUILDERS)} file, an 'embedded:' sample or a hub dataset id."
         )
@@ -166,33 +168,35 @@ def load_source(source: DataSource, cache_dir: str | None = None) -> datasets.Da
     try:
         blank = _is_blank_file(path)
     except (OSError, EOFError) as error:
-        raise ValueError(f"{path}: cannot be read ({error}); check the file and its permissions.") from error
+        raise ConfigError(f"{path}: cannot be read ({error}); check the file and its permissions.") from error
     if blank:
-        raise ValueError(f"{path} is empty; it must hold at least one record (one JSON object per row).")
+        raise ConfigError(f"{path} is empty; it must hold at least one record (one JSON object per row).")
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+        with no_library_progress_bars():
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
     except Exception as error:
-        raise ValueError(diagnose_unreadable(path, builder, error)) from error
+        raise ConfigError(diagnose_unreadable(path, builder, error)) from error
     if len(dataset) == 0:
-        raise ValueError(f"{path} holds no records; it must hold at least one.")
+        raise ConfigError(f"{path} holds no records; it must hold at least one.")
     return dataset
 
 
 def _load_hub(source: DataSource, cache_dir: str | None) -> datasets.Dataset:
     """Load a hub id (or a local dataset folder) with ``datasets.load_dataset``."""
     try:
-        dataset = datasets.load_dataset(source.location, source.config, split=source.split, cache_dir=cache_dir)
+        with no_library_progress_bars():
+            dataset = datasets.load_dataset(source.location, source.config, split=source.split, cache_dir=cache_dir)
     except Exception as error:
-        raise ValueError(
+        raise ConfigError(
             f"Cannot load {source.describe()}: {type(error).__name__}: {error}. Check the id, config and "
             "split (and the network), or download the data and point path at a local file."
         ) from error
     if not isinstance(dataset, datasets.Dataset):
-        raise ValueError(  # noqa: TRY004 - a configuration mistake, reported like the other data errors
+        raise ConfigError(
             f"{source.describe()} is not a single split; set split, e.g. split: train."
         )
     if len(dataset) == 0:
-        raise ValueError(f"{source.describe()} holds no records; choose another split.")
+        raise ConfigError(f"{source.describe()} holds no records; choose another split.")
     return dataset
 
 
@@ -237,13 +241,13 @@ def record_spec(source: DataSource, columns: list[str]) -> RecordSpec:
     where = source.describe()
     name = source.format if source.format != "auto" else detect_format(columns)
     if name is None and not {"instruction", "output"} <= set(source.fields):
-        raise ValueError(
+        raise ConfigError(
             f"{where}: cannot tell its format from its columns {sorted(columns)}; set `format` to one of "
             f"{', '.join(PRESET_FIELDS)}, or map the columns with `fields: {{instruction: ..., output: ...}}`."
         )
     name = name or "alpaca"
     if source.strip_calculator_annotations and name != "gsm8k":
-        raise ValueError(f"{where}: strip_calculator_annotations applies to GSM8K data only, but it reads as {name}.")
+        raise ConfigError(f"{where}: strip_calculator_annotations applies to GSM8K data only, but it reads as {name}.")
     fields: dict[str, str | None] = {"input": None, **PRESET_FIELDS[name], **source.fields}
     if "input" not in source.fields and fields["input"] not in columns:
         fields["input"] = None

@@ -17,6 +17,7 @@ import yaml
 
 from fedbiot_pl.evaluation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
 from fedbiot_pl.export import atomic_write
+from fedbiot_pl.model_location import model_location
 from fedbiot_pl.modules.generation_module import GenerationSettings
 
 
@@ -73,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         from transformers import AutoTokenizer
 
-        from fedbiot_pl.assets import resolve
         from fedbiot_pl.run_artifacts import load_run_lora
         from fedbiot_pl.split import SplitModel
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split = SplitModel(**split_args).build(device=device)
     split.load_lora_state(lora)
-    path = resolve(tokenizer_name)
+    path = model_location(tokenizer_name, needs_config=False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())
     result = evaluate_split(split, tokenizer, args.task, rows, variants, settings, args.batch_size,
                             args.shots, args.seed, ks, device)

@@ -25,6 +25,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from fedbiot_pl import fault_injection
+from fedbiot_pl.assets import resolve
 from fedbiot_pl.split import SplitModel
 
 
@@ -94,7 +95,9 @@ def export_adapters(split: SplitModel, out_dir: str | Path) -> Path:
     adapter_layers = sorted(layout.bottom_adapter + layout.top_adapter)
     config = split.lora_config.to_dict()
     config.update(
-        base_model_name_or_path=split.model_name,
+        # transformers must resolve it (peft's AutoPeftModelForCausalLM): an embedded model's folder;
+        # hub ids and the user's own paths as given.
+        base_model_name_or_path=resolve(split.model_name),
         layers_to_transform=adapter_layers,
         target_modules=sorted(split.lora_config.target_modules),
         peft_type="LORA",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedbiot_pl.errors import ConfigError
+
 
 def uniform_keep(num_layers: int, drop_rate: float) -> list[int]:
     """Indices (0-based, within ``num_layers``) kept by floor-uniform layer drop.
@@ -24,12 +26,12 @@ def uniform_keep(num_layers: int, drop_rate: float) -> list[int]:
         ValueError: ``drop_rate`` is outside [0, 1) or would keep no layer.
     """
     if not 0.0 <= drop_rate < 1.0:
-        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}.")
+        raise ConfigError(f"drop_rate must be in [0, 1), got {drop_rate}.")
     if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1 to drop layers from, got {num_layers}.")
+        raise ConfigError(f"num_layers must be >= 1 to drop layers from, got {num_layers}.")
     keep = round(num_layers * (1.0 - drop_rate))
     if keep < 1:
-        raise ValueError(
+        raise ConfigError(
             f"drop_rate={drop_rate} keeps round({num_layers} * (1 - {drop_rate})) = 0 of {num_layers} "
             "emulator layers; lower drop_rate or use fewer adapter layers."
         )
@@ -92,7 +94,7 @@ def layer_layout(
     """
     if full_model:
         if num_layers < 1:
-            raise ValueError(f"Invalid split: the model has {num_layers} decoder layers.")
+            raise ConfigError(f"Invalid split: the model has {num_layers} decoder layers.")
         return LayerLayout(num_layers, (), (), tuple(range(num_layers)))
     issues = []
     if adapter_layers < 1:
@@ -107,7 +109,7 @@ def layer_layout(
     if not 0.0 <= drop_rate < 1.0:
         issues.append(f"drop_rate must be in [0, 1), got {drop_rate}.")
     if issues:
-        raise ValueError("Invalid split: " + " ".join(issues))
+        raise ConfigError("Invalid split: " + " ".join(issues))
     top_start = num_layers - adapter_layers
     span = range(bottom_adapter_layers, top_start)
     emulator = tuple(span[i] for i in uniform_keep(len(span), drop_rate))

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedbiot_pl.errors import ConfigError
+
 
 def iid_partition(num_items: int, num_clients: int, seed: int) -> list[list[int]]:
     """Shuffle ``range(num_items)`` and cut it into ``num_clients`` near-equal IID shards.
@@ -32,9 +34,9 @@ def iid_partition(num_items: int, num_clients: int, seed: int) -> list[list[int]
             would receive nothing).
     """
     if num_clients < 1:
-        raise ValueError(f"num_clients must be >= 1, got {num_clients}.")
+        raise ConfigError(f"num_clients must be >= 1, got {num_clients}.")
     if num_clients > num_items:
-        raise ValueError(
+        raise ConfigError(
             f"Cannot give each of num_clients={num_clients} clients at least one item from "
             f"num_items={num_items} items (client {num_items} would get none); use num_clients <= {num_items} "
             "or more data."
@@ -70,7 +72,7 @@ def bucket_values(sizes: dict[str, int], num_buckets: int) -> list[list[str]]:
         ValueError: ``num_buckets`` is below 1 or above the number of values.
     """
     if not 1 <= num_buckets <= len(sizes):
-        raise ValueError(f"num_buckets must be in [1, {len(sizes)}] (the number of values), got {num_buckets}.")
+        raise ConfigError(f"num_buckets must be in [1, {len(sizes)}] (the number of values), got {num_buckets}.")
     buckets: list[list[str]] = [[] for _ in range(num_buckets)]
     totals = [0] * num_buckets
     for value in sorted(sizes, key=lambda name: (-sizes[name], name)):
@@ -98,9 +100,9 @@ def meta_partition(keys: Sequence[str], num_clients: int) -> list[list[int]]:
     """
     groups = group_by_key(keys)
     if num_clients < 1:
-        raise ValueError(f"num_clients must be >= 1, got {num_clients}.")
+        raise ConfigError(f"num_clients must be >= 1, got {num_clients}.")
     if num_clients > len(groups):
-        raise ValueError(
+        raise ConfigError(
             f"the partition key has {len(groups)} values ({', '.join(groups)}) but num_clients={num_clients}, so "
             f"client {len(groups)} would get no value; use num_clients <= {len(groups)}, or partition: dirichlet or iid."
         )
@@ -134,12 +136,12 @@ def dirichlet_partition(
             smallest client of the best draw and suggests a larger alpha or fewer clients).
     """
     if num_clients < 1 or alpha <= 0 or min_client_size < 0 or max_draws < 1:
-        raise ValueError(
+        raise ConfigError(
             f"need num_clients >= 1, alpha > 0, min_client_size >= 0 and max_draws >= 1; got {num_clients}, "
             f"{alpha}, {min_client_size}, {max_draws}."
         )
     if num_clients * min_client_size > len(keys):
-        raise ValueError(
+        raise ConfigError(
             f"{len(keys)} rows cannot give num_clients={num_clients} clients min_client_size={min_client_size} "
             f"each; use fewer clients or a smaller min_client_size."
         )
@@ -159,7 +161,7 @@ def dirichlet_partition(
             best = shards
     sizes = [len(shard) for shard in best]
     smallest = sizes.index(min(sizes))
-    raise ValueError(
+    raise ConfigError(
         f"after {max_draws} Dirichlet(alpha={alpha}) draws, client {smallest} still holds only {sizes[smallest]} "
         f"rows (best draw's sizes: {sizes}) < min_client_size={min_client_size}; use a larger dirichlet_alpha, "
         "fewer clients or a smaller min_client_size."
@@ -185,10 +187,10 @@ def train_val_split(indices: Sequence[int], val_fraction: float, seed: int, clie
         ValueError: ``val_fraction`` is outside ``[0, 1)``, or the split would leave no training row.
     """
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     num_val = int(len(indices) * val_fraction + 0.5)
     if num_val >= len(indices):
-        raise ValueError(
+        raise ConfigError(
             f"client {client_id} has {len(indices)} row(s); val_fraction={val_fraction} would hold out all of "
             "them; lower val_fraction or give the client more data."
         )

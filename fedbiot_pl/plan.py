@@ -30,8 +30,8 @@ import yaml
 from torch import nn
 
 from fedbiot_pl.algorithms import ALGORITHMS, algorithm_spec
-from fedbiot_pl.assets import resolve
 from fedbiot_pl.memory_estimate import client_peak_memory
+from fedbiot_pl.model_location import model_location
 from fedbiot_pl.sampling import clients_per_round
 from fedbiot_pl.split import DTYPES, SplitModel
 
@@ -98,14 +98,12 @@ def load_config(model: str) -> Any:
     """The model config of a hub id, a model folder, a ``config.json`` path or an ``embedded:`` model.
 
     Raises:
-        FileNotFoundError: a local-looking path (or ``embedded:`` name) that does not exist.
+        MissingPathError: a local-looking path (or ``embedded:`` name) that does not exist.
         OSError: the config cannot be fetched or parsed (naming ``model``).
     """
     from transformers import AutoConfig
 
-    path = resolve(model)
-    if not os.path.exists(path) and (path.endswith(".json") or path.startswith((os.sep, ".", "~"))):
-        raise FileNotFoundError(f"no model config at {model!r}: give a hub id, a model folder or a config.json.")
+    path = model_location(model)
     try:
         return AutoConfig.from_pretrained(path, local_files_only=os.path.exists(path))
     except (OSError, ValueError) as error:

@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 
+from fedbiot_pl.errors import ConfigError
 
-def clients_per_round(num_clients: int, per_round: float | None) -> int:
+
+def clients_per_round(num_clients: int, per_round: int | float | None) -> int:
     """How many clients a round samples: ``None`` = all, an int = that many, a float in (0, 1] = that
     fraction (rounded up, at least 1).
 
@@ -17,18 +19,18 @@ def clients_per_round(num_clients: int, per_round: float | None) -> int:
     if per_round is None:
         return num_clients
     if isinstance(per_round, bool):
-        raise ValueError(f"clients_per_round must be null, an int or a fraction, got {per_round!r}.")
+        raise ConfigError(f"clients_per_round must be null, an int or a fraction, got {per_round!r}.")
     if isinstance(per_round, int):
         if not 1 <= per_round <= num_clients:
-            raise ValueError(f"clients_per_round={per_round} must be between 1 and num_clients={num_clients}.")
+            raise ConfigError(f"clients_per_round={per_round} must be between 1 and num_clients={num_clients}.")
         return per_round
     if not 0.0 < per_round <= 1.0:
-        raise ValueError(f"clients_per_round={per_round} as a fraction must be in (0, 1].")
+        raise ConfigError(f"clients_per_round={per_round} as a fraction must be in (0, 1].")
     return max(1, math.ceil(per_round * num_clients))
 
 
 def sample_clients(
-    num_clients: int, per_round: float | None, seed: int, round_idx: int, attempt: int = 0
+    num_clients: int, per_round: int | float | None, seed: int, round_idx: int, attempt: int = 0
 ) -> list[int]:
     """Sorted ids of the clients of round ``round_idx``; the same (seed, round) gives the same set,
     so a resumed run samples exactly as an uninterrupted one.

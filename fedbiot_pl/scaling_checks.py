@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy
 from lightning.pytorch.utilities.imports import RequirementCache
 
+from fedbiot_pl.errors import ConfigError
+
 INSTALL_HINT = "pip install 'fedbiot-pl[deepspeed]'"
 HALF_PRECISIONS = ("bf16-true", "16-true")  # cast the whole module, LoRA included
 FP16_PRECISIONS = ("16-mixed", "16-true", "16")
@@ -160,5 +162,5 @@ def check_scaling(config: Any, *, cuda: bool | None = None, deepspeed_installed:
         deepspeed_installed=deepspeed_available() if deepspeed_installed is None else deepspeed_installed,
     )
     if issues:
-        raise ValueError("This config cannot run on this machine:\n  " + "\n  ".join(issues))
+        raise ConfigError("This config cannot run on this machine:\n  " + "\n  ".join(issues))
 

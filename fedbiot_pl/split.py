@@ -26,8 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from fedbiot_pl.algorithms import Algorithm, algorithm_spec
-from fedbiot_pl.assets import DEFAULT_MODEL, resolve
+from fedbiot_pl.assets import DEFAULT_MODEL
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.layer_drop import LayerLayout, layer_layout
+from fedbiot_pl.model_location import model_location
+from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, no_library_progress_bars
 
 Part = Literal["emulator", "adapter", "all"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,7 +47,7 @@ def decoder_of(model: nn.Module) -> nn.Module:
     """The decoder stack (``model.model`` for LLaMA, Mistral, Qwen2) holding ``layers``."""
     decoder = getattr(model, "model", None)
     if decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} is not supported: FedBiOT needs a decoder-only causal LM whose "
             "decoder layers are one nn.ModuleList at `model.model.layers` (LLaMA, Mistral, Qwen2, ...)."
         )
@@ -164,7 +167,7 @@ class SplitModel(nn.Module):
     def _load_config(self):
         from transformers import AutoConfig
 
-        path = resolve(self.model_name)
+        path = model_location(self.model_name)
         return AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
 
     def _check(self, config) -> LayerLayout:
@@ -194,7 +197,7 @@ class SplitModel(nn.Module):
                 f"decoder layer; choose from {sorted(present)}."
             )
         if issues:
-            raise ValueError(f"Invalid SplitModel for {self.model_name!r}: " + " ".join(issues))
+            raise ConfigError(f"Invalid SplitModel for {self.model_name!r}: " + " ".join(issues))
         return layout
 
     @staticmethod
@@ -221,7 +224,8 @@ class SplitModel(nn.Module):
             return self
         from peft import LoraConfig, get_peft_model
 
-        full = self._prebuilt if self._prebuilt is not None else self._load_full(device)
+        with no_library_progress_bars():
+            full = self._prebuilt if self._prebuilt is not None else self._load_full(device)
         full.requires_grad_(False).eval()
         layout = self.layout
         full_layers = decoder_of(full).layers
@@ -234,7 +238,7 @@ class SplitModel(nn.Module):
         targets = set(self.lora_targets)
         present = {name.rsplit(".", 1)[-1] for name, m in copies[0].named_modules() if isinstance(m, nn.Linear)}
         if not targets <= present:
-            raise ValueError(
+            raise ConfigError(
                 f"lora_targets {sorted(targets - present)} are not linear modules of a "
                 f"{type(full).__name__} decoder layer; choose from {sorted(present)}."
             )
@@ -243,7 +247,8 @@ class SplitModel(nn.Module):
             lora_dropout=self.lora_dropout, target_modules=sorted(targets), bias="none",
         )
         self.full = full
-        self.compressed = get_peft_model(compressed, lora)
+        with expected_warnings(GRADIENT_CHECKPOINTING_WARNING):  # peft reads the deprecated attribute
+            self.compressed = get_peft_model(compressed, lora)
         self.lora_config = lora
         if self.gradient_checkpointing:
             self.compressed.get_base_model().gradient_checkpointing_enable(
@@ -264,7 +269,7 @@ class SplitModel(nn.Module):
     def _load_full(self, device: torch.device | str | None) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        path = resolve(self.model_name)
+        path = model_location(self.model_name)
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=DTYPES[self.dtype_name], local_files_only=os.path.isdir(path),
             device_map=None if device is None else {"": device}, attn_implementation=self.attn_implementation,
@@ -306,7 +311,7 @@ class SplitModel(nn.Module):
         for key, value in state.items():
             param = self._lora[key][1]
             if param.shape != value.shape:
-                raise ValueError(f"{key}: expected shape {tuple(param.shape)}, got {tuple(value.shape)}")
+                raise ConfigError(f"{key}: expected shape {tuple(param.shape)}, got {tuple(value.shape)}")
             param.copy_(value)
 
     def lora_pairs(self, part: Part) -> Iterator[tuple[Tensor, Tensor, float, str]]:

@@ -7,6 +7,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.algorithms import ProximalKind
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.losses import lora_param_proximal, lora_proximal
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from fedbiot_pl.split import SplitModel
@@ -51,9 +52,9 @@ class AdapterFinetuneModule(LoRAPartModule):
     ) -> None:
         super().__init__(split, lr, betas, weight_decay)
         if proximal_weight < 0:
-            raise ValueError(f"proximal_weight must be >= 0, got {proximal_weight}.")
+            raise ConfigError(f"proximal_weight must be >= 0, got {proximal_weight}.")
         if proximal not in ("delta_w", "params"):
-            raise ValueError(f"proximal must be 'delta_w' or 'params', got {proximal!r}.")
+            raise ConfigError(f"proximal must be 'delta_w' or 'params', got {proximal!r}.")
         self.save_hyperparameters(ignore=["split"])
         self._loss_sum, self._loss_count = torch.zeros(()), 0  # cross-entropy over the current fit
         self._anchor: list[tuple[Tensor, Tensor, Tensor, Tensor, float]] = []
@@ -65,6 +66,7 @@ class AdapterFinetuneModule(LoRAPartModule):
 
     @override
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
         self._anchor = [
             (a, b, a.detach().clone(), b.detach().clone(), scaling)
@@ -92,6 +94,7 @@ class AdapterFinetuneModule(LoRAPartModule):
 
     @override
     def on_fit_end(self) -> None:
+        super().on_fit_end()
         # Drop the last step's gradients so that nothing stale is left on the shared model.
         for param in self.split.lora_parameters(self.trained_part).values():
             param.grad = None

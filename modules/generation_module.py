@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from typing_extensions import override
 
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.split import SplitModel
 from fedbiot_pl.tokenization import GenerationCollator, encode_prompt
 
@@ -61,15 +62,17 @@ class GenerationModule(LightningModule):
         tokenizer: the model's tokenizer (decodes the new tokens; its pad id pads the batch).
         variant: ``adapfu`` or ``adapemu``.
         settings: decoding settings.
+        seed: if set, ``torch.manual_seed(seed)`` right before the first batch, so that sampling
+            does not depend on what drew from the global generator before.
     """
 
     def __init__(self, split: SplitModel, tokenizer: Any, variant: Variant = "adapfu",
-                 settings: GenerationSettings | None = None) -> None:
+                 settings: GenerationSettings | None = None, seed: int | None = None) -> None:
         super().__init__()
         if variant not in ("adapfu", "adapemu"):
-            raise ValueError(f"variant must be 'adapfu' or 'adapemu', got {variant!r}.")
+            raise ConfigError(f"variant must be 'adapfu' or 'adapemu', got {variant!r}.")
         self.split, self.tokenizer, self.variant = split, tokenizer, variant
-        self.settings = settings or GenerationSettings()
+        self.settings, self.seed = settings or GenerationSettings(), seed
         self.outputs: list[dict[str, Any]] = []
 
     @override
@@ -95,6 +98,8 @@ class GenerationModule(LightningModule):
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        if batch_idx == 0 and self.seed is not None:
+            torch.manual_seed(self.seed)
         completions = self.generate(batch["input_ids"], batch["attention_mask"])
         return [{"id": i, "completions": c} for i, c in zip(batch["ids"], completions)]
 

@@ -9,6 +9,8 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from typing_extensions import override
 
+from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.quiet import EVAL_MODE_WARNING, expected_warnings
 from fedbiot_pl.split import Part, SplitModel
 
 CHECKPOINT_PREFIX = "split.compressed."
@@ -36,13 +38,33 @@ class LoRAPartModule(LightningModule):
     def __init__(self, split: SplitModel, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}.")
+            raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}.")
         self.split = split
         self.strict_loading = False
 
     @override
     def configure_model(self) -> None:
         self.split.build()
+
+    @override
+    def on_fit_start(self) -> None:
+        # The frozen layers run in eval mode on purpose (no dropout noise on weights that do not
+        # train): silence Lightning's warning about them until training starts, and only that one.
+        self._eval_mode_quiet = expected_warnings(EVAL_MODE_WARNING)
+        self._eval_mode_quiet.__enter__()
+
+    @override
+    def on_train_start(self) -> None:
+        self._end_eval_mode_quiet()
+
+    @override
+    def on_fit_end(self) -> None:
+        self._end_eval_mode_quiet()  # a fit with no training (resumed from its last round) never starts it
+
+    def _end_eval_mode_quiet(self) -> None:
+        quiet, self._eval_mode_quiet = getattr(self, "_eval_mode_quiet", None), None
+        if quiet is not None:
+            quiet.__exit__(None, None, None)
 
     @override
     def on_train_epoch_start(self) -> None:

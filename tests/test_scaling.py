@@ -226,7 +226,7 @@ def test_strategy_values_that_mean_deepspeed():
     assert not uses_deepspeed({"class_path": "lightning.pytorch.strategies.DDPStrategy"})
 
 
-def test_cli_refuses_a_deepspeed_recipe_on_this_cpu_machine_before_loading_anything(monkeypatch):
+def test_cli_refuses_a_deepspeed_recipe_on_this_cpu_machine_before_loading_anything(monkeypatch, capsys):
     from fedbiot_pl.cli import main
 
     def must_not_run(*args, **kwargs):
@@ -235,9 +235,10 @@ def test_cli_refuses_a_deepspeed_recipe_on_this_cpu_machine_before_loading_anyth
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(SplitModel, "_load_config", must_not_run)
     monkeypatch.setattr(SplitModel, "_load_full", must_not_run)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(ZERO3)])
-    message = str(error.value)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.removeprefix("error: ")
     assert message.startswith("This config cannot run on this machine:")
     assert "trainer.strategy asks for DeepSpeed, which runs only on CUDA GPUs" in message
     assert "trainer.accelerator: gpu but this machine has no CUDA GPU" in message

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedbiot_pl.errors import MissingPathError
+
 EMBEDDED_PREFIX = "embedded:"
 ASSETS_DIR = Path(__file__).resolve().parent
 
@@ -30,7 +32,7 @@ def resolve(name_or_path: str) -> str:
         available = sorted(
             str(p.relative_to(ASSETS_DIR)) for p in ASSETS_DIR.glob("*/*") if p.name != "__pycache__"
         )
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"{name_or_path!r} names no embedded asset (looked for {path}). "
             f"Embedded assets: {', '.join(available)}."
         )

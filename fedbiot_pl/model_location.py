@@ -1,0 +1,46 @@
+"""Where a model argument points: a hub id, a local folder with ``config.json``, or an ``embedded:`` name.
+
+:func:`model_location` is the one place that turns a ``model`` setting into what ``from_pretrained``
+takes, and it says what is wrong before transformers tries a path that does not exist as a hub id
+(``Repo id must be in the form 'repo_name' or 'namespace/repo_name'``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fedbiot_pl.assets import EMBEDDED_PREFIX, resolve
+from fedbiot_pl.errors import MissingPathError
+
+MODEL_FORMS = (
+    "a model argument is a Hugging Face hub id (e.g. meta-llama/Llama-2-7b-hf), a local folder holding "
+    f"config.json, or an embedded name ({EMBEDDED_PREFIX}models/stories260K)"
+)
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` can only be a path: absolute, ``./``, ``../``, ``~``, a ``.json`` file, or more
+    than one ``/`` (a hub id is ``name`` or ``namespace/name``)."""
+    return name.startswith((os.sep, ".", "~")) or name.count("/") > 1 or name.endswith(".json")
+
+
+def model_location(model: str, needs_config: bool = True) -> str:
+    """What ``from_pretrained`` should get for ``model``: an existing local path, or a hub id unchanged.
+
+    ``embedded:`` names become their folder inside the package and ``~`` is expanded. A tokenizer
+    folder (``needs_config=False``) need not hold ``config.json``.
+
+    Raises:
+        MissingPathError: ``model`` names a local path that does not exist, or a folder without
+            ``config.json``; the message says what a model argument may be.
+    """
+    path = os.path.expanduser(resolve(model))
+    if os.path.isdir(path):
+        if needs_config and not os.path.isfile(os.path.join(path, "config.json")):
+            raise MissingPathError(f"model={model!r}: the folder {path} has no config.json; {MODEL_FORMS}.")
+        return path
+    if os.path.exists(path):
+        return path
+    if looks_local(path) or os.path.isdir(path.split("/")[0]):  # "runs/x": a folder below an existing one
+        raise MissingPathError(f"model={model!r}: {path} does not exist; {MODEL_FORMS}.")
+    return path
