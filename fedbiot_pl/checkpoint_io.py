@@ -10,6 +10,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from typing_extensions import override
 
+from fedbiot_pl.checkpoint_integrity import checksum_path, file_sha256
 from fedbiot_pl.export import atomic_write
 
 
@@ -24,6 +25,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
       disk (``fsync``) and renamed onto its name (:func:`fedbiot_pl.export.atomic_write`), so a
       process killed mid-write leaves the previous ``last.ckpt`` intact and ``--ckpt_path last``
       never loads a truncated file.
+    * **Checksums**: each checkpoint gets a ``<name>.sha256`` sidecar (``sha256sum`` format), removed
+      before the new file's rename and written after it, so it never describes another content;
+      :mod:`fedbiot_pl.checkpoint_integrity` finds a damaged checkpoint with it before a resume.
     * **No code from checkpoints**: loads use ``torch.load(weights_only=True)`` unless the caller
       explicitly passes ``weights_only=False`` for a file they trust.
 
@@ -36,8 +40,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(str(path).removeprefix("file://"))
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), context={"epoch": checkpoint.get("epoch")})
+        context, digest = {"epoch": checkpoint.get("epoch")}, []
+
+        def write(tmp: str) -> None:
+            torch.save(checkpoint, tmp)
+            digest.append(file_sha256(tmp))
+            # Until the new sidecar is written, the file has none and is checked by loading it whole.
+            checksum_path(path).unlink(missing_ok=True)
+
+        atomic_write(path, write, context=context)
+        atomic_write(checksum_path(path), lambda tmp: Path(tmp).write_text(f"{digest[0]}  {path.name}\n"),
+                     context=context)
         return None
+
+    @override
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        if _is_local(path):
+            checksum_path(str(path).removeprefix("file://")).unlink(missing_ok=True)
 
     @override
     def load_checkpoint(

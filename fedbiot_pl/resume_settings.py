@@ -1,0 +1,103 @@
+"""Resuming with other settings than the checkpoint's: refused before any weight loads, naming each one.
+
+A round checkpoint holds LoRA weights, an optimizer state and the loop's round count that only make
+sense under the settings that wrote them. :class:`~fedbiot_pl.callbacks.FederatedLoop` records
+those settings in every checkpoint (``checkpoint["fedbiot_settings"]``, from :func:`run_settings`)
+and the CLI compares them with the resumed run's before ``fit`` (:func:`check_resume_settings`).
+
+Settings that must match (by their CLI names):
+
+* ``model.split.model``, ``adapter_layers``, ``drop_rate``, ``bottom_adapter_layers``: which layers
+  the LoRA belongs to (the three layout settings only where the algorithm compresses the model);
+* ``model.split.lora_r``, ``lora_alpha``, ``lora_targets``: the LoRA's shapes and scaling;
+* ``federated.algorithm`` (the split's too, linked): what is trained where;
+* ``federated.pre_alignment_rounds``: which epoch is which round in the loop's state and history.
+
+Everything else may change on resume: ``federated.rounds`` (to extend a run), steps, learning rates,
+client sampling (the loop warns), fault handling, ``lora_dropout``, the base weights' ``dtype``, the
+attention kernel, gradient checkpointing, and the trainer's engine settings. A checkpoint written
+before settings were recorded cannot be checked; resuming from it logs a warning and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedbiot_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+SETTINGS_KEY = "fedbiot_settings"
+NOT_USED = "(not used)"
+
+
+class SettingsMismatchError(ConfigError):
+    """The resumed run's settings differ from the checkpoint's; the message lists every difference."""
+
+
+def run_settings(split: Any, loop: Any) -> dict[str, Any]:
+    """The settings a checkpoint of ``split`` (a :class:`~fedbiot_pl.split.SplitModel`, built or
+    not) trained by ``loop`` (a :class:`~fedbiot_pl.callbacks.FederatedLoop`) must be resumed
+    with, by CLI name; the layout settings are left out where the algorithm does not use them."""
+    adapter_layers, drop_rate, bottom_adapter_layers, full_model = split._split_args
+    settings: dict[str, Any] = {
+        "federated.algorithm": loop.algorithm,
+        "federated.pre_alignment_rounds": loop.pre_alignment_rounds,
+        "model.split.model": split.model_name,
+    }
+    if not full_model:
+        settings.update({
+            "model.split.adapter_layers": adapter_layers,
+            "model.split.drop_rate": drop_rate,
+            "model.split.bottom_adapter_layers": bottom_adapter_layers,
+        })
+    settings.update({
+        "model.split.lora_r": split.lora_r,
+        "model.split.lora_alpha": split.lora_alpha,
+        "model.split.lora_targets": sorted(split.lora_targets),
+    })
+    return settings
+
+
+def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(name, checkpoint's value, this run's value)`` for every setting that differs, in the
+    checkpoint's order; a setting only one side uses shows :data:`NOT_USED` on the other."""
+    names = list(saved) + [name for name in current if name not in saved]
+    differences = []
+    for name in names:
+        before, now = saved.get(name, NOT_USED), current.get(name, NOT_USED)
+        if before != now:
+            differences.append((name, before, now))
+    return differences
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(item) for item in value) + "]"
+    return str(value)
+
+
+def mismatch_message(path: str | Path, differences: list[tuple[str, Any, Any]]) -> str:
+    """One message naming every differing setting with both values, and the arguments that resume."""
+    rows = "".join(f"\n  {name}: checkpoint {before!r}, this run {now!r}" for name, before, now in differences)
+    fix = " ".join(f"--{name} {_cli_value(before)}" for name, before, _ in differences if before != NOT_USED)
+    return (
+        f"Cannot resume from {path}: it was written with other settings than this run's "
+        f"({len(differences)} differ):{rows}\n"
+        f"Resume with the checkpoint's settings ({fix}), or start a new run without --ckpt_path."
+    )
+
+
+def check_resume_settings(checkpoint: Mapping[str, Any], current: Mapping[str, Any], path: str | Path) -> None:
+    """Raise :class:`SettingsMismatchError` when ``checkpoint`` was written under other settings
+    than ``current`` (:func:`run_settings` of the resumed run); warn when it recorded none."""
+    saved = checkpoint.get(SETTINGS_KEY)
+    if saved is None:
+        log.warning("%s records no settings (written before they were recorded): resuming without checking "
+                    "that the split and algorithm are the checkpoint's.", path)
+        return
+    differences = settings_differences(saved, current)
+    if differences:
+        raise SettingsMismatchError(mismatch_message(path, differences))
