@@ -98,8 +98,9 @@ class AtomicCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger`` (same arguments, same ``metrics.csv`` and ``hparams.yaml``) with
     every file written atomically, and resumable:
 
-    * :meth:`continue_run` (called by the CLI before ``fit``) picks the run folder that
-      ``ckpt_path`` belongs to (see :func:`resume_version`), unless ``version`` was given;
+    * :func:`~fedbiot_pl.logger_resume.continue_run` (called by the CLI before ``fit``, for CSV and
+      TensorBoard loggers alike) picks the run folder that ``ckpt_path`` belongs to (see
+      :func:`resume_version`), unless ``version`` was given;
     * :meth:`resume_rows` (called by :class:`~fedbiot_pl.callbacks.FederatedLoop` when it resumes)
       keeps the rows of the epochs up to the checkpoint's and drops those of the interrupted epoch,
       so the resumed run's file ends as an uninterrupted run's would.
@@ -107,13 +108,6 @@ class AtomicCSVLogger(CSVLogger):
     ``metrics.csv`` is rewritten whole (temporary file, ``fsync``, rename) at every ``save()``, which
     Lightning calls after each logging call; ``flush_logs_every_n_steps`` has no effect.
     """
-
-    def continue_run(self, ckpt_path: str | Path | None) -> None:
-        """Log into the folder of the run that ``ckpt_path`` continues (no-op for a fixed version)."""
-        if self._version is None and self._experiment is None:
-            version = resume_version(self.root_dir, ckpt_path)
-            if version is not None:
-                self._version = version
 
     @rank_zero_only
     def resume_rows(self, epoch: int) -> None:
