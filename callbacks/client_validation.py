@@ -39,7 +39,10 @@ class ClientValidation(Callback):
 
     Uses the datamodule's ``client_val_dataloader(client_id)`` (set ``data.val_fraction > 0``) and
     logs ``val/<variant>_loss`` (token-weighted over all clients) for AdapEmu (the compressed model
-    the clients train) and AdapFu (the adapter in the full model). Each entry of :attr:`history`
+    the clients train) and AdapFu (the adapter in the full model); where the server module's own
+    validation loop has just computed them on the same rows (``fit`` validates every epoch when the
+    data has a validation split) it takes those values instead of computing and logging them twice.
+    Each entry of :attr:`history`
     also holds the bytes communicated so far (the :class:`FederatedLoop`'s ledger), so that a run's
     loss can be plotted against its communication; it is written to ``<log_dir>/client_validation.json``.
 
@@ -71,9 +74,14 @@ class ClientValidation(Callback):
         models = {"adapemu": split.compressed, "adapfu": split.full_with_adapter}
         entry = {"round": float(round_idx), "total_bytes": float(loop.ledger.bytes_down + loop.ledger.bytes_up)}
         split.eval()  # the next epoch's on_train_epoch_start sets the trained part's modes again
+        validated = getattr(pl_module, "validated_epoch", None) == trainer.current_epoch
         for variant in self.variants:
+            key = f"val/{variant}_loss"
+            if validated and key in trainer.callback_metrics:  # the module's validation loop logged it already
+                entry[f"{variant}_loss"] = float(trainer.callback_metrics[key])
+                continue
             entry[f"{variant}_loss"] = token_mean_loss(models[variant], loaders, pl_module.device)
-            pl_module.log(f"val/{variant}_loss", entry[f"{variant}_loss"], on_epoch=True)
+            pl_module.log(key, entry[f"{variant}_loss"], on_epoch=True)
         self.history.append(entry)
         if trainer.is_global_zero and trainer.log_dir:
             text = json.dumps(self.history, indent=2)

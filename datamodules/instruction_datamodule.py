@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -22,9 +22,12 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typing_extensions import override
 
-from fedbiot_pl.assets import resolve
 from fedbiot_pl.data_pipeline import kept_mask, tokenize_dataset
 from fedbiot_pl.data_sources import DataSource, RecordSpec, check_source, load_source
+from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.evaluation import read_eval_records
+from fedbiot_pl.evaluation_settings import DEFAULT_EVALUATION, EvaluationSettings, evaluation_batches
+from fedbiot_pl.model_location import model_location
 from fedbiot_pl.partition_report import PartitionTable, format_partition_table, partition_table, write_report
 from fedbiot_pl.tokenization import InstructionCollator, ensure_pad_token, tokenizer_fingerprint
 
@@ -72,7 +75,9 @@ class FederatedInstructionDataModule(LightningDataModule):
             With ``iid`` it only labels the partition report.
         dirichlet_alpha: Dirichlet concentration (> 0); small = very non-IID.
         min_client_size: Fewest training examples a client may end up with; at least 1.
-        val_fraction: Fraction of each client's rows held out for :meth:`client_val_dataloader`.
+        val_fraction: Fraction of each client's rows held out (seeded by ``seed``) for
+            :meth:`client_val_dataloader`; all clients' held-out rows together are the validation
+            split of :meth:`val_dataloader` (``trainer.validate``, and validation during ``fit``).
         max_length: Longest tokenised example, in tokens; at least 2 (BOS plus one target).
         batch_size: Batch size of the clients' loaders; at least 1.
         public_batch_size: Batch size of the public loader; ``None`` uses ``batch_size``.
@@ -81,6 +86,9 @@ class FederatedInstructionDataModule(LightningDataModule):
         num_workers: DataLoader worker processes; 0 loads in the main process.
         cache_dir: The ``datasets`` cache folder; ``None`` uses ``datasets``' default.
         seed: Non-negative seed of the partition, the validation split and every shuffle.
+        evaluation: What :meth:`test_dataloader` serves to ``trainer.test`` (``train.py test``):
+            the task, its data and the generation settings (:class:`EvaluationSettings`); the
+            default is ``train.py evaluate``'s, GSM8K 8-shot on the embedded test sample.
 
     Attributes:
         dropped: After :meth:`setup`, examples dropped by truncation, keyed ``task``/``public``.
@@ -109,16 +117,20 @@ class FederatedInstructionDataModule(LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 42,
+        evaluation: EvaluationSettings = DEFAULT_EVALUATION,
     ) -> None:
         super().__init__()
         task, public = as_source(task), as_source(public)  # a dict (e.g. saved hyper-parameters) is accepted too
         problems = argument_problems(dict(locals()))
         if problems:
-            raise ValueError("Invalid FederatedInstructionDataModule arguments:\n- " + "\n- ".join(problems))
+            raise ConfigError("Invalid FederatedInstructionDataModule arguments:\n- " + "\n- ".join(problems))
         self.save_hyperparameters()
         for name, source in (("task", task), ("public", public)):
             if source is not None:  # plain values in checkpoints: they reload without this package's classes
                 self.hparams[name] = asdict(source)
+        self.evaluation = EvaluationSettings.of(evaluation)  # a dict (saved hyper-parameters) is accepted too
+        self.hparams["evaluation"] = self.evaluation.to_dict()
+        self.eval_rows: list[dict[str, Any]] | None = None  # the evaluation rows, after setup("test")
         self.tokenizer_name = tokenizer
         self.task = task or (DataSource(task_path) if task_path else DEFAULT_TASK)
         self.public = public or (DataSource(public_path) if public_path else DEFAULT_PUBLIC)
@@ -160,6 +172,11 @@ class FederatedInstructionDataModule(LightningDataModule):
         """Number of clients the task data is split across."""
         return self._num_clients
 
+    @property
+    def num_val_rows(self) -> int:
+        """Rows held out for validation over all clients (``val_fraction``); 0 before :meth:`setup`."""
+        return sum(len(rows) for rows in self._client_val)
+
     @override
     def setup(self, stage: str | None = None) -> None:
         """Load, check, partition and tokenise both data sets; later calls do nothing.
@@ -171,6 +188,13 @@ class FederatedInstructionDataModule(LightningDataModule):
             FileNotFoundError: A data file does not exist.
             ValueError: A data problem; the message names the file, the row or client, and the fix.
         """
+        if stage == "test":  # trainer.test needs the tokenizer and the evaluation rows only
+            if self.eval_rows is None:
+                self.eval_rows = read_eval_records(self.evaluation.task, self.evaluation.data_path,
+                                                   self.evaluation.limit)
+            if self._tokenizer is None:
+                self._tokenizer = ensure_pad_token(self._load_tokenizer())
+            return
         if self._clients is not None:
             return
         task_rows, task_spec = self._load(self.task, self.max_task_examples)
@@ -196,7 +220,7 @@ class FederatedInstructionDataModule(LightningDataModule):
                 name, int(kept.sum()), len(kept), self.dropped[name], self.max_length,
             )
         if not public_kept.any():
-            raise ValueError(
+            raise ConfigError(
                 f"All {len(public_kept)} public examples from {self.public.describe()} exceed max_length="
                 f"{self.max_length} before their response starts; raise max_length."
             )
@@ -233,7 +257,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         """
         examples = self._client_examples(client_id)
         if round_idx < 0:
-            raise ValueError(f"round_idx must be >= 0, got {round_idx}.")
+            raise ConfigError(f"round_idx must be >= 0, got {round_idx}.")
         return self._loader(examples, self.batch_size, loader_seed(self.seed, 1, client_id, round_idx))
 
     def client_val_dataloader(self, client_id: int) -> DataLoader:
@@ -249,6 +273,32 @@ class FederatedInstructionDataModule(LightningDataModule):
             raise RuntimeError("Call setup() before train_dataloader().")
         return self._loader(self._public, self.public_batch_size, seed=None,
                             sampler=EpochShuffleSampler(len(self._public), self.seed))
+
+    @override
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Loader over the validation split: every client's held-out rows (``val_fraction``), client
+        by client in row order. ``[]`` when there are none: ``fit`` then skips validation, while
+        ``trainer.validate`` stops with a message naming ``val_fraction``."""
+        self._client_examples(0)  # after setup()
+        rows = datasets.concatenate_datasets(self._client_val)
+        if len(rows) == 0:
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and trainer.state.fn == "validate":
+                raise ConfigError(
+                    f"val_fraction={self.val_fraction} holds out no validation rows of {self.task.describe()}; set "
+                    "data.val_fraction > 0 (e.g. 0.05) to validate."
+                )
+            return []
+        return self._loader(rows, self.batch_size, seed=None)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        """The :attr:`evaluation` task's batches: every row for each variant in turn (see
+        :func:`evaluation_batches`); the server module's ``test_step`` generates and scores them."""
+        if self.eval_rows is None or self._tokenizer is None:
+            raise RuntimeError("Call setup('test') before test_dataloader().")
+        batches = evaluation_batches(self.evaluation, self.eval_rows, self._tokenizer)
+        return DataLoader(batches, batch_size=None, generator=torch.Generator())  # type: ignore[arg-type]
 
     def write_partition_report(self, folder: str | Path) -> list[Path]:
         """Write ``partition.txt`` and ``partition.png`` into ``folder`` (see :func:`write_report`)."""
@@ -275,7 +325,7 @@ class FederatedInstructionDataModule(LightningDataModule):
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
         """Load :attr:`tokenizer_name`, offline when it is a local folder."""
-        location = resolve(self.tokenizer_name)
+        location = model_location(self.tokenizer_name, needs_config=False)
         if Path(location).is_dir():
             return AutoTokenizer.from_pretrained(location, local_files_only=True)
         return AutoTokenizer.from_pretrained(location)
@@ -285,7 +335,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         if self._clients is None:
             raise RuntimeError("Call setup() before asking for client data.")
         if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < self._num_clients:
-            raise ValueError(
+            raise ConfigError(
                 f"client_id must be an int in [0, {self._num_clients - 1}] (num_clients={self._num_clients}), "
                 f"got {client_id!r}."
             )

@@ -2,8 +2,9 @@
 set (rows with ``question``, optional ``context``, ``choices`` and the ``answer`` index; HELM-style
 tasks exported to that shape): prompts, generation or choice log-likelihoods, scores.
 
-Used by ``python -m fedbiot_pl.evaluate`` (or ``python train.py evaluate``) on a finished run and
-by :class:`~fedbiot_pl.callbacks.PeriodicEvaluation` during one.
+Used by ``python -m fedbiot_pl.evaluate`` (or ``python train.py evaluate``) on a finished run, by
+:class:`~fedbiot_pl.callbacks.PeriodicEvaluation` during one, and by ``trainer.test`` (``python
+train.py test``) of the server module, step by step (:mod:`fedbiot_pl.modules.evaluation_steps`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
+from torchmetrics import Metric
 
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.eval_prompts import clean_code, code_prompt, gsm8k_prompt, qa_prompt, strip_chat_tail
@@ -81,22 +83,30 @@ def choice_logliks(model: torch.nn.Module, tokenizer: Any, prompt: str, choices:
     return scores
 
 
+def choice_scores(model: torch.nn.Module, tokenizer: Any, row: dict[str, Any]) -> list[float]:
+    """Log-likelihood of each of an ``mc`` row's choices after its Alpaca prompt."""
+    prompt = qa_prompt(row["question"], row.get("context") or "")
+    return choice_logliks(model, tokenizer, prompt, [f" {c}" for c in row["choices"]])
+
+
+def choice_record(index: int, scores: list[float]) -> dict[str, Any]:
+    """The prediction of one ``mc`` row: its choice scores and the picked choice."""
+    return {"index": index, "scores": scores, "choice": max(range(len(scores)), key=scores.__getitem__)}
+
+
 def multiple_choice(split: SplitModel, tokenizer: Any, rows: Sequence[dict[str, Any]],
                     variants: Sequence[Variant]) -> EvalResult:
     """Accuracy of picking the choice with the highest log-likelihood after the Alpaca prompt."""
-    from fedbiot_pl.metrics import MultipleChoiceAccuracy
-
     split.eval()
     result = EvalResult("mc", {}, {})
     for variant in variants:
         model = split.full_with_adapter if variant == "adapfu" else split.compressed
-        metric, predictions = MultipleChoiceAccuracy(), []
+        metrics, predictions = task_metrics("mc", rows), []
         for i, row in enumerate(rows):
-            prompt = qa_prompt(row["question"], row.get("context") or "")
-            scores = choice_logliks(model, tokenizer, prompt, [f" {c}" for c in row["choices"]])
-            metric.update([scores], [row["answer"]])
-            predictions.append({"index": i, "scores": scores, "choice": max(range(len(scores)), key=scores.__getitem__)})
-        result.metrics[variant] = {"accuracy": float(metric.compute())}
+            scores = choice_scores(model, tokenizer, row)
+            metrics["accuracy"].update([scores], [row["answer"]])
+            predictions.append(choice_record(i, scores))
+        result.metrics[variant] = compute_task_metrics(metrics)
         result.predictions[variant] = predictions
     return result
 
@@ -120,14 +130,20 @@ def generation_dataloader(tokenizer: Any, prompts: Sequence[str], batch_size: in
 
 
 def generate(split: SplitModel, tokenizer: Any, prompts: Sequence[str], variant: Variant,
-             settings: GenerationSettings, batch_size: int, device: torch.device | None = None) -> list[list[str]]:
+             settings: GenerationSettings, batch_size: int, device: torch.device | None = None,
+             seed: int | None = None) -> list[list[str]]:
     """Completions per prompt, through ``Trainer.predict`` of a :class:`GenerationModule` on
-    ``device`` (default: the split's device), leaving the shared model there afterwards."""
+    ``device`` (default: the split's device), leaving the shared model there afterwards.
+
+    With ``seed``, sampling starts from ``torch.manual_seed(seed)`` just before the first batch and
+    the global random states are restored afterwards (a run being trained draws on as before).
+    """
     from fedbiot_pl.client_trainer import KeepOnDeviceStrategy, client_fit_context
 
     device = device or next(split.parameters()).device
-    module = GenerationModule(split, tokenizer, variant, settings)
-    with client_fit_context():
+    module = GenerationModule(split, tokenizer, variant, settings, seed=seed)
+    forked = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with client_fit_context(), torch.random.fork_rng(devices=forked, enabled=seed is not None):
         trainer = pl.Trainer(accelerator="cuda" if device.type == "cuda" else device.type,
                              strategy=KeepOnDeviceStrategy(device=device), devices=1, logger=False,
                              enable_model_summary=False, enable_progress_bar=False, enable_checkpointing=False)
@@ -135,30 +151,57 @@ def generate(split: SplitModel, tokenizer: Any, prompts: Sequence[str], variant:
     return [item["completions"] for batch in batches for item in batch]
 
 
-def score(task: Task, rows: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]],
-          ks: Sequence[int] = (1,), timeout: float = 10.0, workers: int = 2) -> dict[str, float]:
-    """Task metrics of post-processed completions (first completion per prompt for gsm8k/dolly)."""
+def task_metrics(task: Task, rows: Sequence[dict[str, Any]], ks: Sequence[int] = (1,), timeout: float = 10.0,
+                 workers: int = 2) -> dict[str, Metric]:
+    """The task's torchmetrics, empty: ``accuracy`` (gsm8k, mc), ``pass@k`` (humaneval; one
+    :class:`~fedbiot_pl.metrics.PassAtK` over every row's ``task_id`` that computes each ``k``) or
+    ``rougeL``, ``token_f1``, ``exact_match`` (dolly). Feed them with :func:`update_task_metrics`."""
     from fedbiot_pl import metrics
 
-    if task == "gsm8k":
-        metric = metrics.GSM8KAccuracy()
-        metric.update([c[0] for c in completions], [row["answer"] for row in rows])
-        return {"accuracy": float(metric.compute())}
+    if task in ("gsm8k", "mc"):
+        return {"accuracy": metrics.GSM8KAccuracy() if task == "gsm8k" else metrics.MultipleChoiceAccuracy()}
     if task == "humaneval":
         from fedbiot_pl.sandbox import Limits
 
-        metric = metrics.PassAtK([row["task_id"] for row in rows], k=tuple(ks), limits=Limits(timeout_s=timeout),
-                                 workers=workers)
+        return {"pass@k": metrics.PassAtK([row["task_id"] for row in rows], k=tuple(ks),
+                                          limits=Limits(timeout_s=timeout), workers=workers)}
+    return {"rougeL": metrics.RougeL(), "token_f1": metrics.TokenF1(), "exact_match": metrics.ExactMatch()}
+
+
+def update_task_metrics(task: Task, metrics: dict[str, Metric], rows: Sequence[dict[str, Any]],
+                        completions: Sequence[Sequence[str]]) -> None:
+    """Add the post-processed completions of ``rows`` (gsm8k/dolly score the first one per prompt)."""
+    if task == "humaneval":
         task_ids = [row["task_id"] for row, c in zip(rows, completions) for _ in c]
-        flat = [c for cs in completions for c in cs]
-        metric.update(task_ids, flat, {row["task_id"]: row for row in rows})
-        return {name: float(value) for name, value in metric.compute().items()}
-    out = {}
-    for name, cls in (("rougeL", metrics.RougeL), ("token_f1", metrics.TokenF1), ("exact_match", metrics.ExactMatch)):
-        metric = cls()
-        metric.update([c[0] for c in completions], [row["response"] for row in rows])
-        out[name] = float(metric.compute())
+        metrics["pass@k"].update(task_ids, [c for cs in completions for c in cs], {r["task_id"]: r for r in rows})
+        return
+    references = [row["answer"] if task == "gsm8k" else row["response"] for row in rows]
+    for metric in metrics.values():
+        metric.update([c[0] for c in completions], references)
+
+
+def compute_task_metrics(metrics: dict[str, Metric]) -> dict[str, float]:
+    """``{name: value}`` of :func:`task_metrics` (pass@k gives one entry per ``k``)."""
+    out: dict[str, float] = {}
+    for name, metric in metrics.items():
+        value = metric.compute()
+        out.update({k: float(v) for k, v in value.items()} if isinstance(value, dict) else {name: float(value)})
     return out
+
+
+def score(task: Task, rows: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]],
+          ks: Sequence[int] = (1,), timeout: float = 10.0, workers: int = 2) -> dict[str, float]:
+    """Task metrics of post-processed completions (first completion per prompt for gsm8k/dolly)."""
+    metrics = task_metrics(task, rows, ks, timeout, workers)
+    update_task_metrics(task, metrics, rows, completions)
+    return compute_task_metrics(metrics)
+
+
+def prediction_record(task: Task, index: int, row: dict[str, Any], prompt: str, completions: list[str],
+                      raw: list[str]) -> dict[str, Any]:
+    """One line of a ``<task>-<variant>.predictions.jsonl`` file of a generation task."""
+    return {"index": index, **({"task_id": row["task_id"]} if task == "humaneval" else {}), "prompt": prompt,
+            "completions": completions, "raw": raw}
 
 
 @dataclass
@@ -174,20 +217,19 @@ def evaluate_split(split: SplitModel, tokenizer: Any, task: Task, rows: Sequence
                    variants: Sequence[Variant] = ("adapfu", "adapemu"), settings: GenerationSettings | None = None,
                    batch_size: int = 8, shots: int = 8, seed: int = 0, ks: Sequence[int] = (1,),
                    device: torch.device | None = None) -> EvalResult:
-    """Generate with each variant, post-process and score (``mc``: rank the choices instead)."""
+    """Generate with each variant, post-process and score (``mc``: rank the choices instead).
+
+    ``seed`` fixes the GSM8K demonstration order and, restarted for each variant, the sampling.
+    """
     if task == "mc":
         return multiple_choice(split, tokenizer, rows, variants)
     settings = settings or GenerationSettings()
     prompts = build_prompts(task, rows, shots=shots, seed=seed)
     result = EvalResult(task, {}, {})
     for variant in variants:
-        raw = generate(split, tokenizer, prompts, variant, settings, batch_size, device)
+        raw = generate(split, tokenizer, prompts, variant, settings, batch_size, device, seed=seed)
         cleaned = [[postprocess(task, c) for c in cs] for cs in raw]
         result.metrics[variant] = score(task, rows, cleaned, ks)
-        key = "task_id" if task == "humaneval" else None
-        result.predictions[variant] = [
-            {"index": i, **({"task_id": rows[i][key]} if key else {}), "prompt": prompts[i], "completions": cs,
-             "raw": r}
-            for i, (cs, r) in enumerate(zip(cleaned, raw))
-        ]
+        result.predictions[variant] = [prediction_record(task, i, rows[i], prompts[i], cs, r)
+                                       for i, (cs, r) in enumerate(zip(cleaned, raw))]
     return result

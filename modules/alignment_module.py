@@ -7,12 +7,13 @@ from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.capture import capture_output, run_until_stopped
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.losses import causal_lm_ce, kl_teacher_student, normalized_l2
-from fedbiot_pl.modules.lora_part_module import LoRAPartModule
+from fedbiot_pl.modules.evaluation_steps import SplitEvaluationModule
 from fedbiot_pl.split import SplitModel
 
 
-class EmulatorAlignmentModule(LoRAPartModule):
+class EmulatorAlignmentModule(SplitEvaluationModule):
     """Trains the emulator's LoRA so that the compressed model imitates the full model.
 
     Loss per batch of public data (all in float32):
@@ -27,6 +28,10 @@ class EmulatorAlignmentModule(LoRAPartModule):
 
     Runs under a plain ``lightning.Trainer`` on any dataloader of ``input_ids``/``attention_mask``;
     in a federated run the :class:`~fedbiot_pl.callbacks.FederatedLoop` makes each epoch a round.
+
+    ``trainer.validate`` reports the validation loss of AdapFu and AdapEmu, and ``trainer.test``
+    runs the datamodule's evaluation task on both (see :class:`SplitEvaluationModule`); give either
+    a round checkpoint as ``ckpt_path``.
 
     Set :attr:`alignment_enabled` to ``False`` to make ``training_step`` a no-op (the federated loop
     does so in the rounds of algorithms that do not align, and for splits without an emulator).
@@ -62,7 +67,7 @@ class EmulatorAlignmentModule(LoRAPartModule):
         weights = {"kl_weight": kl_weight, "l2_weight": l2_weight, "ce_weight": ce_weight}
         bad = [f"{name} must be >= 0, got {value}." for name, value in weights.items() if value < 0]
         if bad or not any(weights.values()):
-            raise ValueError(" ".join(bad) or "kl_weight, l2_weight and ce_weight are all 0: nothing to align.")
+            raise ConfigError(" ".join(bad) or "kl_weight, l2_weight and ce_weight are all 0: nothing to align.")
         self.save_hyperparameters(ignore=["split"])
         self.alignment_enabled = True
 
@@ -96,7 +101,7 @@ class EmulatorAlignmentModule(LoRAPartModule):
             losses["kl"] = kl_teacher_student(student.logits, teacher.logits, mask)
         if hp.ce_weight > 0:
             if labels is None:
-                raise ValueError("ce_weight > 0 needs `labels` in the public batches.")
+                raise ConfigError("ce_weight > 0 needs `labels` in the public batches.")
             losses["ce"] = causal_lm_ce(student.logits, labels)
         return losses
 

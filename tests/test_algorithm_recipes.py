@@ -1,5 +1,6 @@
 """One switch (an algorithm file on top of a task recipe) selects the algorithm end to end."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def test_fedavg_lora_run_through_the_cli_exports_a_full_model_adapter(tmp_path):
     history = json.loads((run / "client_validation.json").read_text())
     assert [h["round"] for h in history] == [0.0, 1.0]
     assert history[1]["total_bytes"] == 2 * 2 * 3 * 5 * 1792 * 4
+    # The module's validation loop and ClientValidation measure the same rows: one row per epoch, same value
+    with open(run / "metrics.csv", newline="") as file:
+        val_rows = [row for row in csv.DictReader(file) if row.get("val/adapfu_loss")]
+    epochs = [int(row["epoch"]) for row in val_rows]
+    assert sorted(epochs) == sorted(set(epochs)) and {0, 1} <= set(epochs)
+    by_epoch = {int(row["epoch"]): float(row["val/adapfu_loss"]) for row in val_rows}
+    assert history[1]["adapfu_loss"] == pytest.approx(by_epoch[1], rel=1e-6)
     # AdapFu and AdapEmu are the same model when clients hold the full model
     assert history[1]["adapemu_loss"] == pytest.approx(history[1]["adapfu_loss"], rel=1e-6)
     # evaluation rebuilds the same split from the run folder

@@ -36,12 +36,17 @@ def one_thread():
 
 
 class EpochOrderedData(ToyFederatedData):
-    """The toy data with the public order a pure function of (seed, epoch), as the real datamodule."""
+    """The toy data with the public order a pure function of (seed, epoch), as the real datamodule,
+    and a validation split (so that every epoch also validates before its round checkpoint)."""
 
     def train_dataloader(self) -> DataLoader:
         rows = super().train_dataloader().dataset
         return DataLoader(rows, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(rows), seed=5),
                           generator=torch.Generator().manual_seed(0))
+
+    def val_dataloader(self) -> DataLoader:
+        rows = self._loader(6, seed=77).dataset
+        return DataLoader(rows, batch_size=self.batch_size, generator=torch.Generator().manual_seed(0))
 
 
 def fit(folder, ckpt_path=None):
@@ -105,6 +110,7 @@ def test_crashed_run_resumes_to_the_same_adapter_and_metrics(tmp_path, monkeypat
     assert without_timing(loop.history) == without_timing(reference_loop.history)
     assert loop.ledger == reference_loop.ledger
     assert metric_rows(tmp_path / "crashed") == expected_rows
+    assert sum(1 for row in expected_rows if row.get("val/adapemu_loss")) == 3  # validated after every epoch
 
 
 def test_round_checkpoint_holds_everything_a_resume_needs(reference):
