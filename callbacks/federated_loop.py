@@ -24,11 +24,15 @@ from fedbiot_pl.client_faults import (
     too_few_message,
 )
 from fedbiot_pl.communication import CommLedger
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.export import export_adapters, write_text_atomic
+from fedbiot_pl.logger_resume import purge_events_from
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
+from fedbiot_pl.resume_settings import SETTINGS_KEY, run_settings
 from fedbiot_pl.rng_state import capture_rng, restore_rng
 from fedbiot_pl.sampling import clients_per_round, sample_clients
 from fedbiot_pl.scaling import client_phase, lora_gathered
+from fedbiot_pl.training_plot import plot_fit
 
 from .client_rounds import ClientRounds
 
@@ -90,14 +94,19 @@ class FederatedLoop(ClientRounds, Callback):
     torch's); Lightning's checkpoint adds the LoRA weights, the optimizer and the loops. On resume
     the random states are restored at the start of the next epoch, and loggers that can
     (:class:`~fedbiot_pl.csv_logger.AtomicCSVLogger`) keep the rows up to the checkpoint's epoch,
-    so a resumed run ends with the adapter and metrics of an uninterrupted one.
+    so a resumed run ends with the adapter and metrics of an uninterrupted one. Each checkpoint also
+    records the split and loop settings a resume must share (:mod:`fedbiot_pl.resume_settings`).
+    Round checkpoints are written when their epoch ends, after the epoch's validation (if the
+    datamodule has a ``val_dataloader``), whatever ``check_val_every_n_epoch`` is.
 
     Metrics (logged at the end of each round, before the round checkpoint is written):
     ``client/<id>/loss`` (mean CE of each accepted client's fit), ``round/client_loss``,
     ``round/clients`` (accepted), ``round/dropped``, ``round/rejected``, ``round/attempts``,
     ``comm/bytes_down``, ``comm/bytes_up`` (this round) and ``comm/total_bytes``; alignment
     metrics come from the module (``align/l2``, ``align/kl``). At the end of fit the final adapters
-    are exported to ``<log_dir>/final_adapter``.
+    are exported to ``<log_dir>/final_adapter`` and, with a CSV logger, ``training.png`` is drawn
+    next to its ``metrics.csv`` (:mod:`fedbiot_pl.training_plot`). A resumed TensorBoard logger
+    drops the events logged after the checkpoint (:func:`~fedbiot_pl.logger_resume.purge_events_from`).
 
     Args:
         algorithm: ``fedbiot``, ``offsite_tuning``, ``fedot``, ``fedavg_lora`` or ``fedprox``.
@@ -115,6 +124,7 @@ class FederatedLoop(ClientRounds, Callback):
         weighting: ``examples`` = FedAvg weights by client training-set size, ``uniform`` = equal.
         seed: seed of client sampling and client data order.
         export_final_adapter: write the final adapters into the run folder at the end of fit.
+        plot_training: draw ``training.png`` from the CSV logger's ``metrics.csv`` at the end of fit.
         min_clients: fewest accepted client updates a round needs (at most the clients per round).
         on_too_few: ``stop`` = raise TooFewClientsError when a round has fewer than ``min_clients``
             accepted updates; ``retry`` = run the round again with a fresh sample first.
@@ -133,7 +143,7 @@ class FederatedLoop(ClientRounds, Callback):
         align_steps: int = 5,
         local_steps: int = 30,
         client_accumulate_grad_batches: int = 2,
-        clients_per_round: float | None = None,
+        clients_per_round: int | float | None = None,  # noqa: PYI041 - int first: the CLI keeps 10 a count
         proximal_weight: float = 0.0,
         client_lr: float = 1e-4,
         client_betas: tuple[float, float] = (0.9, 0.95),
@@ -141,6 +151,7 @@ class FederatedLoop(ClientRounds, Callback):
         weighting: Literal["examples", "uniform"] = "examples",
         seed: int = 42,
         export_final_adapter: bool = True,
+        plot_training: bool = True,
         min_clients: int = 1,
         on_too_few: Literal["retry", "stop"] = "stop",
         max_round_retries: int = 2,
@@ -167,7 +178,7 @@ class FederatedLoop(ClientRounds, Callback):
         except ValueError as error:
             issues.append(f"algorithm: {error}")
         if issues:
-            raise ValueError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
+            raise ConfigError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
         self.algorithm = algorithm
         self.rounds, self.pre_alignment_rounds = rounds, pre_alignment_rounds
         self.align_steps, self.local_steps = align_steps, local_steps
@@ -178,7 +189,7 @@ class FederatedLoop(ClientRounds, Callback):
             "weight_decay": client_weight_decay, "proximal": self.spec.proximal or "delta_w",
         }
         self.weighting, self.seed = weighting, seed
-        self.export_final_adapter = export_final_adapter
+        self.export_final_adapter, self.plot_training = export_final_adapter, plot_training
         self.min_clients, self.on_too_few, self.max_round_retries = min_clients, on_too_few, max_round_retries
         self.client_time_limit, self.max_update_norm = client_time_limit, max_update_norm
         self.ledger = CommLedger()
@@ -228,8 +239,19 @@ class FederatedLoop(ClientRounds, Callback):
                                        proximal_weight=self.client_hparams["proximal_weight"])
         if trainer.max_steps != -1:
             issues.append(f"set trainer.max_steps to -1 (got {trainer.max_steps}); FederatedLoop.rounds sets the length.")
+        # A round checkpoint is written when its epoch ends, after the round's validation and metrics
+        # (Lightning would write it at validation end, without the loop's state, when validation
+        # does not run every epoch): unset `save_on_train_epoch_end` becomes True, False is refused.
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "_save_on_train_epoch_end", True) is None:
+                callback._save_on_train_epoch_end = True
+            elif getattr(callback, "_save_on_train_epoch_end", True) is False:
+                issues.append("a ModelCheckpoint has save_on_train_epoch_end=False; round checkpoints must be written "
+                              "when the round ends: leave it unset (or true).")
         if issues:
-            raise ValueError("FederatedLoop cannot run:\n  " + "\n  ".join(issues))
+            raise ConfigError("FederatedLoop cannot run:\n  " + "\n  ".join(issues))
+        if getattr(datamodule, "num_val_rows", None) == 0:  # no validation split: nothing to validate
+            trainer.limit_val_batches = 0
         # One epoch per round, `align_steps` optimizer steps each (one no-op batch if nothing aligns).
         trainer.fit_loop.max_epochs = self.pre_alignment_rounds + self.rounds
         trainer.limit_train_batches = self._server_batches(trainer)
@@ -250,10 +272,14 @@ class FederatedLoop(ClientRounds, Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wanted = self._server_batches(trainer)
         if trainer.num_training_batches < wanted:
-            raise ValueError(
+            raise ConfigError(
                 f"the public data has {trainer.num_training_batches} batches, fewer than align_steps x "
                 f"accumulate_grad_batches = {wanted}; add public examples or lower align_steps."
             )
+        if self._resumed_epoch is not None and trainer.is_global_zero:
+            # The loops are restored now: the next epoch logs from this step on.
+            for logger in trainer.loggers:
+                purge_events_from(logger, trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     # ------------------------------------------------------------------ the round
     def round_index(self, epoch: int) -> int | None:
@@ -334,8 +360,12 @@ class FederatedLoop(ClientRounds, Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # At fit end, not train end: a run resumed from its final checkpoint skips training but
         # still writes the adapters that a kill during the first export may have left unwritten.
-        if not self.export_final_adapter:
-            return
+        if self.export_final_adapter:
+            self._export_final_adapter(trainer, pl_module)
+        if self.plot_training and trainer.is_global_zero:  # the loggers' last save came before on_fit_end
+            plot_fit(trainer.loggers, self.pre_alignment_rounds)
+
+    def _export_final_adapter(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with lora_gathered(pl_module.split):  # ZeRO-3: a collective, whole LoRA on every rank
             if not trainer.is_global_zero:
                 return
@@ -346,6 +376,11 @@ class FederatedLoop(ClientRounds, Callback):
         log.info("final adapters written to %s", out)
 
     # ------------------------------------------------------------------ resume
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # The settings a resume must share (compared by the CLI before any weight loads).
+        checkpoint[SETTINGS_KEY] = run_settings(pl_module.split, self)
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -3,8 +3,14 @@
 ``python train.py evaluate --run <run folder> ...`` evaluates a run (see :mod:`fedbiot_pl.evaluate`).
 
 ``python train.py`` with no arguments runs ``fit`` on the embedded default (stories260K, GSM8K and
-Alpaca samples shipped in the package). Every other use is the plain LightningCLI:
+Alpaca samples shipped in the package). That default is also the base config of every subcommand
+run without ``--config``: ``python train.py fit --federated.rounds 3`` overrides one setting of it.
+An explicit ``--config`` replaces it (a recipe never inherits the embedded sample data unnoticed).
+Every other use is the plain LightningCLI:
 ``python train.py fit --config configs/llama2-7b-gsm8k.yaml --federated.rounds 10``.
+
+A setting, path or data row that cannot work (:class:`~fedbiot_pl.errors.ConfigError`) ends the
+command with its message and exit code 2, without a traceback; ``FEDBIOT_TRACEBACK=1`` shows it.
 
 Resuming: ``python train.py fit <same arguments> --ckpt_path last`` continues the newest run folder
 of the logger (``<save_dir>/<name>/version_N``) from its ``checkpoints/last.ckpt`` (or starts it
@@ -15,6 +21,8 @@ Checkpoints and metric files are written atomically (:class:`AtomicCheckpointIO`
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -25,9 +33,13 @@ from typing_extensions import override
 
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.checkpoint_io import AtomicCheckpointIO
+from fedbiot_pl.client_faults import TooFewClientsError
 from fedbiot_pl.csv_logger import AtomicCSVLogger
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
+from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.logger_resume import continue_run
 from fedbiot_pl.modules import EmulatorAlignmentModule
+from fedbiot_pl.quiet import quiet_lightning_cli
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "default.yaml"
 TRAINER_DEFAULTS = {
@@ -38,6 +50,10 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 1,
     "devices": 1,
 }
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+EVALUATE_HELP = "Evaluate a run's adapters (AdapFu, AdapEmu) on GSM8K, code or QA: `train.py evaluate --help`."
+TRACEBACK_ENV = "FEDBIOT_TRACEBACK"
+USER_ERRORS = (ConfigError, TooFewClientsError)
 
 
 class FedBiOTCLI(LightningCLI):
@@ -59,13 +75,78 @@ class FedBiOTCLI(LightningCLI):
         parser.link_arguments("federated.algorithm", "model.split.init_args.algorithm")
         parser.link_arguments("seed_everything", "federated.seed")
         parser.link_arguments("seed_everything", "data.seed")
+        # The loop decides the length of the fit: one epoch per round (no "max_epochs was not set").
+        parser.link_arguments(("federated.pre_alignment_rounds", "federated.rounds"), "trainer.max_epochs",
+                              compute_fn=lambda pre_alignment, rounds: pre_alignment + rounds)
+
+    @override
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # Listed in `train.py --help`; `main` hands `evaluate` to fedbiot_pl.evaluate before parsing.
+        parser._subcommands_action.add_subcommand("evaluate", LightningArgumentParser(description=EVALUATE_HELP),
+                                                  help=EVALUATE_HELP)
+
+    _ckpt_checked = False
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """Lightning (2.5+) reads an explicit ``--ckpt_path`` file's hyper-parameters here: a damaged
+        file is named first (:func:`~fedbiot_pl.checkpoint_integrity.resume_path`)."""
+        from fedbiot_pl.checkpoint_integrity import resume_path
+
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "last"):
+            resume_path(ckpt_path, [])
+            self._ckpt_checked = True
+        super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
-        """With ``--ckpt_path``, log into the run folder that the checkpoint belongs to."""
+        """With ``--ckpt_path``, log into the run folder that the checkpoint belongs to and check the
+        checkpoint (:meth:`check_resume`)."""
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        for logger in self.trainer.loggers:  # CSV and TensorBoard loggers continue the run's folder
+            continue_run(logger, ckpt_path)
+        self.check_resume(ckpt_path)
+
+    def before_validate(self) -> None:
+        """``validate --ckpt_path <round checkpoint>``: log into the checkpoint's run folder."""
+        self.log_into_checkpoint_run()
+
+    def before_test(self) -> None:
+        """``test --ckpt_path <round checkpoint>``: log into the checkpoint's run folder."""
+        self.log_into_checkpoint_run()
+
+    def log_into_checkpoint_run(self) -> None:
+        """Point the loggers at the run folder that wrote ``ckpt_path``, keeping every metric row the
+        run has logged there (the results join the run's ``metrics.csv``; nothing is replaced)."""
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path is None:
+            return
         for logger in self.trainer.loggers:
-            if isinstance(logger, AtomicCSVLogger):
-                logger.continue_run(ckpt_path)
+            continue_run(logger, ckpt_path)
+            if isinstance(logger, AtomicCSVLogger) and Path(logger.log_dir).is_dir():
+                logger.resume_rows(math.inf)
+
+    def check_resume(self, ckpt_path: str | None) -> None:
+        """Resume only from an intact checkpoint written with this run's settings, checked before the
+        model is built or anything is written: a damaged ``last.ckpt`` gives way to the newest intact
+        checkpoint with a warning; a damaged explicit path, no intact checkpoint at all, or settings
+        that differ from the checkpoint's stop the command, naming the file and each setting."""
+        if ckpt_path is None:
+            return
+        from fedbiot_pl.checkpoint_integrity import checkpoint_folders, read_checkpoint, resume_path
+        from fedbiot_pl.resume_settings import check_resume_settings, run_settings
+
+        if ckpt_path == "last":  # an explicit path was checked in _parse_ckpt_path
+            path = resume_path(ckpt_path, checkpoint_folders(self.trainer))
+            self.config_init[self.subcommand]["ckpt_path"] = str(path)  # what fit loads; config.yaml keeps `last`
+        else:
+            path = resume_path(ckpt_path, []) if not self._ckpt_checked else ckpt_path
+        loop = next((cb for cb in self.trainer.callbacks if isinstance(cb, FederatedLoop)), None)
+        split = getattr(self.model, "split", None)
+        if path != "last" and loop is not None and split is not None and Path(path).is_file():
+            check_resume_settings(read_checkpoint(path), run_settings(split, loop), path)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -75,23 +156,44 @@ class FedBiOTCLI(LightningCLI):
         check_scaling(self.config[self.subcommand] if self.subcommand else self.config)
 
 
-def main(args: list[str] | None = None) -> FedBiOTCLI:
-    """Run the CLI; with no arguments at all, ``fit`` the embedded default configuration."""
-    argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] == "evaluate":
-        from fedbiot_pl.evaluate import main as evaluate
+def with_default_config(argv: list[str]) -> list[str]:
+    """``argv`` with the embedded default as the subcommand's base config when it names no ``--config``.
 
-        sys.exit(evaluate(argv[1:]))
+    ``[]`` becomes ``fit`` on the default; an explicit ``--config`` (or ``-c``) replaces the default.
+    """
     if not argv:
         print(f"No arguments: running `fit --config {DEFAULT_CONFIG}` (the embedded default).", file=sys.stderr)
-        argv = ["fit", "--config", str(DEFAULT_CONFIG)]
-    elif args is None:
-        argv = None  # let LightningCLI read sys.argv itself
-    return FedBiOTCLI(
-        EmulatorAlignmentModule,
-        FederatedInstructionDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        args=argv,
-    )
+        argv = ["fit"]
+    named = any(arg in ("-c", "--config") or arg.startswith("--config=") for arg in argv[1:])
+    if argv[0] in SUBCOMMANDS and not named:
+        return [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
+    return argv
+
+
+def main(args: list[str] | None = None) -> FedBiOTCLI:
+    """Run the CLI (``args`` default: ``sys.argv[1:]``); with no arguments, ``fit`` the embedded default.
+
+    A :class:`~fedbiot_pl.errors.ConfigError` (or too few clients) exits with its message and code 2.
+    """
+    argv = with_default_config(sys.argv[1:] if args is None else list(args))
+    quiet_lightning_cli()
+    if args is None:  # LightningCLI reads the command line itself
+        sys.argv[1:] = argv
+    try:
+        if argv[0] == "evaluate":
+            from fedbiot_pl.evaluate import main as evaluate
+
+            sys.exit(evaluate(argv[1:]))
+        return FedBiOTCLI(
+            EmulatorAlignmentModule,
+            FederatedInstructionDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=42,
+            save_config_kwargs={"overwrite": True},
+            args=None if args is None else argv,
+        )
+    except USER_ERRORS as error:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {error}\n(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
+        sys.exit(2)

@@ -9,7 +9,7 @@ import numpy as np
 from fedbiot_pl.errors import ConfigError
 
 
-def clients_per_round(num_clients: int, per_round: int | float | None) -> int:
+def clients_per_round(num_clients: int, per_round: int | float | None) -> int:  # noqa: PYI041 - a count or a fraction
     """How many clients a round samples: ``None`` = all, an int = that many, a float in (0, 1] = that
     fraction (rounded up, at least 1).
 
@@ -30,7 +30,7 @@ def clients_per_round(num_clients: int, per_round: int | float | None) -> int:
 
 
 def sample_clients(
-    num_clients: int, per_round: int | float | None, seed: int, round_idx: int, attempt: int = 0
+    num_clients: int, per_round: int | float | None, seed: int, round_idx: int, attempt: int = 0,  # noqa: PYI041
 ) -> list[int]:
     """Sorted ids of the clients of round ``round_idx``; the same (seed, round) gives the same set,
     so a resumed run samples exactly as an uninterrupted one.

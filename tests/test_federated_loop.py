@@ -155,3 +155,13 @@ def test_periodic_evaluation_runs_every_n_rounds(tmp_path):
     # rounds 0, 1, 2 after one pre-alignment epoch: after round 1 (every 2nd) and after the last round
     assert written == ["round-1-gsm8k-adapemu.predictions.jsonl", "round-2-gsm8k-adapemu.predictions.jsonl"]
     assert 0.0 <= float(trainer.callback_metrics["eval/gsm8k/adapemu/accuracy"]) <= 1.0
+
+
+@pytest.mark.parametrize(("val_rows", "limit"), [(0, 0), (6, 1.0)])
+def test_no_validation_split_means_no_validation_loop(tmp_path, val_rows, limit):
+    # An empty val_dataloader would make Lightning warn "Total length of `list` across ranks is zero".
+    data = ToyFederatedData(vocab=512)
+    data.num_val_rows = val_rows
+    trainer = server_trainer(tmp_path, FederatedLoop(rounds=1, local_steps=1, align_steps=1))
+    trainer.fit(make_module(), datamodule=data)
+    assert trainer.limit_val_batches == limit
