@@ -248,3 +248,24 @@ def test_round_checkpoints_follow_every_round_when_validation_skips_epochs(tmp_p
                         enable_progress_bar=False)
     with pytest.raises(ConfigError, match="save_on_train_epoch_end=False"):
         trainer.fit(EmulatorAlignmentModule(split, kl_weight=1.0), datamodule=ValidatedToyData(vocab=512))
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_a_round_checkpoint_is_evaluated_into_its_own_run_folder_keeping_the_rows(run, tmp_path, subcommand):
+    import shutil
+
+    run_dir, _ = run
+    copy = tmp_path / "fedbiot" / "version_0"
+    shutil.copytree(run_dir, copy)
+    (tmp_path / "fedbiot" / "version_1").mkdir()  # a newer run: the checkpoint's folder still wins
+    before = metric_rows(copy)
+    extra = ["--data.evaluation.limit", "1", "--data.evaluation.shots", "0",
+             "--data.evaluation.generation.max_new_tokens", "4"] if subcommand == "test" else []
+    cli = main([subcommand, *cli_args(tmp_path), "--ckpt_path", str(copy / "checkpoints" / "last.ckpt"), *extra])
+    assert Path(cli.trainer.log_dir) == copy
+    after = metric_rows(copy)
+    assert len(after) == len(before) + 1  # every training row is kept, the evaluation's is added
+    assert [{k: v for k, v in row.items() if v} for row in after[:-1]] == [
+        {k: v for k, v in row.items() if v} for row in before]
+    prefix = "val/" if subcommand == "validate" else "test/"
+    assert any(key.startswith(prefix) and value for key, value in after[-1].items())
