@@ -70,16 +70,19 @@ class ClientValidation(Callback):
         if round_idx is None:
             return
         data, split = trainer.datamodule, pl_module.split
-        loaders = [data.client_val_dataloader(c) for c in range(data.num_clients)]
         models = {"adapemu": split.compressed, "adapfu": split.full_with_adapter}
         entry = {"round": float(round_idx), "total_bytes": float(loop.ledger.bytes_down + loop.ledger.bytes_up)}
         split.eval()  # the next epoch's on_train_epoch_start sets the trained part's modes again
-        validated = getattr(pl_module, "validated_epoch", None) == trainer.current_epoch
+        # The module's validation loop just measured every held-out row (no limit_val_batches): reuse it.
+        validated = (getattr(pl_module, "validated_epoch", None) == trainer.current_epoch
+                     and isinstance(trainer.limit_val_batches, float) and trainer.limit_val_batches == 1.0)
+        loaders = None
         for variant in self.variants:
             key = f"val/{variant}_loss"
             if validated and key in trainer.callback_metrics:  # the module's validation loop logged it already
                 entry[f"{variant}_loss"] = float(trainer.callback_metrics[key])
                 continue
+            loaders = loaders or [data.client_val_dataloader(c) for c in range(data.num_clients)]
             entry[f"{variant}_loss"] = token_mean_loss(models[variant], loaders, pl_module.device)
             pl_module.log(key, entry[f"{variant}_loss"], on_epoch=True)
         self.history.append(entry)

@@ -28,7 +28,7 @@ from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.export import export_adapters, write_text_atomic
 from fedbiot_pl.logger_resume import purge_events_from
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
-from fedbiot_pl.resume_settings import SETTINGS_KEY, run_settings
+from fedbiot_pl.resume_settings import DATA_KEY, SETTINGS_KEY, data_settings, run_settings
 from fedbiot_pl.rng_state import capture_rng, restore_rng
 from fedbiot_pl.sampling import clients_per_round, sample_clients
 from fedbiot_pl.scaling import client_phase, lora_gathered
@@ -380,6 +380,7 @@ class FederatedLoop(ClientRounds, Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         # The settings a resume must share (compared by the CLI before any weight loads).
         checkpoint[SETTINGS_KEY] = run_settings(pl_module.split, self)
+        checkpoint[DATA_KEY] = data_settings(trainer.datamodule)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -257,7 +257,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         """
         examples = self._client_examples(client_id)
         if round_idx < 0:
-            raise ConfigError(f"round_idx must be >= 0, got {round_idx}.")
+            raise ValueError(f"round_idx must be >= 0, got {round_idx}.")
         return self._loader(examples, self.batch_size, loader_seed(self.seed, 1, client_id, round_idx))
 
     def client_val_dataloader(self, client_id: int) -> DataLoader:
@@ -335,7 +335,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         if self._clients is None:
             raise RuntimeError("Call setup() before asking for client data.")
         if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < self._num_clients:
-            raise ConfigError(
+            raise ValueError(
                 f"client_id must be an int in [0, {self._num_clients - 1}] (num_clients={self._num_clients}), "
                 f"got {client_id!r}."
             )

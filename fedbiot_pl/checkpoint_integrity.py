@@ -33,6 +33,8 @@ import torch
 from fedbiot_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
+LIGHTNING_CKPT_NAMES = ("best", "hpc", "last")
+"""``--ckpt_path`` values that name no file (``last`` is looked up by :func:`resume_path`)."""
 CHECKSUM_SUFFIX = ".sha256"
 _LAST = re.compile(r"^last(-(\d+))?")  # ModelCheckpoint._find_last_checkpoints' pattern (on the stem)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -155,11 +157,21 @@ def _listing(problems: dict[Path, str]) -> str:
     return "".join(f"\n  {path}: {problem}" for path, problem in problems.items())
 
 
+def local_checkpoint(ckpt_path: str | Path) -> Path | None:
+    """The local file that a checkpoint path names (``file://`` stripped); ``None`` for a remote
+    (fsspec) path and for the names Lightning resolves itself (``best``, ``hpc``, ``registry:...``)."""
+    text = str(ckpt_path)
+    if text in LIGHTNING_CKPT_NAMES or text.startswith("registry") or ("://" in text and not text.startswith("file://")):
+        return None
+    return Path(text.removeprefix("file://"))
+
+
 def resume_path(ckpt_path: str | Path | None, folders: list[Path]) -> str | Path | None:
     """The checkpoint that fitting with ``ckpt_path`` should load (``folders``: the run's
     checkpoint folders, where ``"last"`` is looked up).
 
-    * ``None`` and remote paths are returned unchanged.
+    * ``None``, remote paths and Lightning's own names (``best``, ``hpc``, ``registry:...``) are
+      returned unchanged.
     * ``"last"``: the newest ``last*.ckpt`` (by modification time, as Lightning picks it) when intact;
       when it is damaged or missing while other checkpoints exist, the newest intact one, with a
       warning naming both; ``"last"`` itself when the folders hold no checkpoint yet (a new run).
@@ -169,10 +181,10 @@ def resume_path(ckpt_path: str | Path | None, folders: list[Path]) -> str | Path
         DamagedCheckpointError: a damaged explicit path (naming the newest intact alternative), or
             no intact checkpoint at all where checkpoints exist (never a silent fresh start).
     """
-    if ckpt_path is None or ("://" in str(ckpt_path) and not str(ckpt_path).startswith("file://")):
+    if ckpt_path is None or (str(ckpt_path) != "last" and local_checkpoint(ckpt_path) is None):
         return ckpt_path
     if str(ckpt_path) != "last":
-        path = Path(str(ckpt_path).removeprefix("file://"))
+        path = local_checkpoint(ckpt_path)
         exists = path.exists() or path.is_symlink()
         problem = checkpoint_problem(path) if exists else None
         if exists and problem is None:

@@ -10,12 +10,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from typing_extensions import override
 
-from fedbiot_pl.checkpoint_integrity import checksum_path, file_sha256
+from fedbiot_pl.checkpoint_integrity import checksum_path, file_sha256, local_checkpoint
 from fedbiot_pl.export import atomic_write
-
-
-def _is_local(path: Any) -> bool:
-    return "://" not in str(path) or str(path).startswith("file://")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,9 +33,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local(path):
+        local = local_checkpoint(path)
+        if storage_options is not None or local is None:
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(str(path).removeprefix("file://"))
+        path = local
         context, digest = {"epoch": checkpoint.get("epoch")}, []
 
         def write(tmp: str) -> None:
@@ -56,8 +53,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     @override
     def remove_checkpoint(self, path: Any) -> None:
         super().remove_checkpoint(path)
-        if _is_local(path):
-            checksum_path(str(path).removeprefix("file://")).unlink(missing_ok=True)
+        local = local_checkpoint(path)
+        if local is not None:
+            checksum_path(local).unlink(missing_ok=True)
 
     @override
     def load_checkpoint(

@@ -21,9 +21,9 @@ Checkpoints and metric files are written atomically (:class:`AtomicCheckpointIO`
 
 from __future__ import annotations
 
-import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import lazy_instance
@@ -37,7 +37,7 @@ from fedbiot_pl.client_faults import TooFewClientsError
 from fedbiot_pl.csv_logger import AtomicCSVLogger
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.logger_resume import continue_run
+from fedbiot_pl.logger_resume import continue_run, evaluate_into_run
 from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.quiet import quiet_lightning_cli
 
@@ -110,23 +110,20 @@ class FedBiOTCLI(LightningCLI):
         self.check_resume(ckpt_path)
 
     def before_validate(self) -> None:
-        """``validate --ckpt_path <round checkpoint>``: log into the checkpoint's run folder."""
-        self.log_into_checkpoint_run()
+        """``validate --ckpt_path <round checkpoint>``: log into ``<run>/eval/validate-<checkpoint>``."""
+        self.evaluate_into_checkpoint_run()
 
     def before_test(self) -> None:
-        """``test --ckpt_path <round checkpoint>``: log into the checkpoint's run folder."""
-        self.log_into_checkpoint_run()
+        """``test --ckpt_path <round checkpoint>``: log into ``<run>/eval/test-<checkpoint>``."""
+        self.evaluate_into_checkpoint_run()
 
-    def log_into_checkpoint_run(self) -> None:
-        """Point the loggers at the run folder that wrote ``ckpt_path``, keeping every metric row the
-        run has logged there (the results join the run's ``metrics.csv``; nothing is replaced)."""
+    def evaluate_into_checkpoint_run(self) -> None:
+        """Keep an evaluation's logs with the run that wrote the checkpoint (:func:`evaluate_into_run`)."""
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        if ckpt_path is None:
-            return
         for logger in self.trainer.loggers:
-            continue_run(logger, ckpt_path)
-            if isinstance(logger, AtomicCSVLogger) and Path(logger.log_dir).is_dir():
-                logger.resume_rows(math.inf)
+            evaluate_into_run(logger, ckpt_path, self.subcommand)
+        # The round checkpoints' callback state names the run's checkpoint folder, not this one's.
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
 
     def check_resume(self, ckpt_path: str | None) -> None:
         """Resume only from an intact checkpoint written with this run's settings, checked before the
@@ -135,8 +132,8 @@ class FedBiOTCLI(LightningCLI):
         that differ from the checkpoint's stop the command, naming the file and each setting."""
         if ckpt_path is None:
             return
-        from fedbiot_pl.checkpoint_integrity import checkpoint_folders, read_checkpoint, resume_path
-        from fedbiot_pl.resume_settings import check_resume_settings, run_settings
+        from fedbiot_pl.checkpoint_integrity import checkpoint_folders, local_checkpoint, read_checkpoint, resume_path
+        from fedbiot_pl.resume_settings import check_resume_settings, data_settings, run_settings, warn_data_differences
 
         if ckpt_path == "last":  # an explicit path was checked in _parse_ckpt_path
             path = resume_path(ckpt_path, checkpoint_folders(self.trainer))
@@ -145,8 +142,11 @@ class FedBiOTCLI(LightningCLI):
             path = resume_path(ckpt_path, []) if not self._ckpt_checked else ckpt_path
         loop = next((cb for cb in self.trainer.callbacks if isinstance(cb, FederatedLoop)), None)
         split = getattr(self.model, "split", None)
-        if path != "last" and loop is not None and split is not None and Path(path).is_file():
-            check_resume_settings(read_checkpoint(path), run_settings(split, loop), path)
+        local = local_checkpoint(path) if path != "last" else None
+        if local is not None and loop is not None and split is not None and local.is_file():
+            checkpoint = read_checkpoint(local)
+            check_resume_settings(checkpoint, run_settings(split, loop), path)
+            warn_data_differences(checkpoint, data_settings(self.datamodule), path)
 
     @override
     def before_instantiate_classes(self) -> None:

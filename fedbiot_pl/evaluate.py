@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.generation:
             settings = GenerationSettings(**(yaml.safe_load(Path(args.generation).read_text()) or {}))
+        split = SplitModel(**split_args)  # reads the model's config: a missing model is named here
     except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         print(f"fedbiot-evaluate: error: {error}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    split = SplitModel(**split_args).build(device=device)
+    split.build(device=device)
     split.load_lora_state(lora)
     path = model_location(tokenizer_name, needs_config=False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())

@@ -28,20 +28,43 @@ def _tensorboard_logger(logger: Any) -> bool:
     return isinstance(logger, TensorBoardLogger)
 
 
+def _run_folder_logger(logger: Any) -> bool:
+    """A logger that writes into ``<save_dir>/<name>/version_N`` and has not opened it yet."""
+    from lightning.fabric.loggers import CSVLogger
+
+    opened = getattr(logger, "_experiment", None) is not None
+    return (isinstance(logger, CSVLogger) or _tensorboard_logger(logger)) and logger._version is None and not opened
+
+
 def continue_run(logger: Any, ckpt_path: str | Path | None) -> None:
     """Log into the folder of the run that ``ckpt_path`` continues.
 
-    A no-op for a logger whose version was given or whose folder is already open, and for loggers
-    without ``version_N`` folders (anything but CSV and TensorBoard loggers).
+    Only for loggers that keep what the folder holds: :class:`~fedbiot_pl.csv_logger.AtomicCSVLogger`
+    (Lightning's own ``CSVLogger`` deletes an existing ``metrics.csv``, so it gets a new folder)
+    and TensorBoard (new event files beside the old). A no-op for a logger whose version was given
+    or whose folder is already open.
     """
-    from lightning.fabric.loggers import CSVLogger
-
-    if not (isinstance(logger, CSVLogger) or _tensorboard_logger(logger)):
+    if not _run_folder_logger(logger) or not (hasattr(logger, "resume_rows") or _tensorboard_logger(logger)):
         return
-    if logger._version is None and logger._experiment is None:
-        version = resume_version(logger.root_dir, ckpt_path)
-        if version is not None:
-            logger._version = version
+    version = resume_version(logger.root_dir, ckpt_path)
+    if version is not None:
+        logger._version = version
+
+
+def evaluate_into_run(logger: Any, ckpt_path: str | Path | None, stage: str) -> None:
+    """``validate``/``test`` of a round checkpoint: log into ``<run>/eval/<stage>-<checkpoint>/``.
+
+    The results stay with the run that wrote the checkpoint without touching its ``metrics.csv``,
+    ``config.yaml`` or ``hparams.yaml`` (a training process may still be writing them), and no new
+    ``version_N`` folder appears for ``--ckpt_path last`` to mistake for a run. A checkpoint outside
+    the logger's run folders leaves the logger as it is.
+    """
+    if ckpt_path is None or str(ckpt_path) == "last" or not _run_folder_logger(logger):
+        return
+    version = resume_version(logger.root_dir, ckpt_path)
+    if version is not None:
+        run = version if isinstance(version, str) else f"version_{version}"
+        logger._version = f"{run}/eval/{stage}-{Path(str(ckpt_path)).stem}"
 
 
 def purge_events_from(logger: Any, step: int) -> None:

@@ -41,6 +41,13 @@ def model_location(model: str, needs_config: bool = True) -> str:
         return path
     if os.path.exists(path):
         return path
-    if looks_local(path) or os.path.isdir(path.split("/")[0]):  # "runs/x": a folder below an existing one
+    if looks_local(path):
         raise MissingPathError(f"model={model!r}: {path} does not exist; {MODEL_FORMS}.")
     return path
+
+
+def unloadable(model: str, error: Exception) -> MissingPathError:
+    """The error for a hub-id-shaped ``model`` that transformers could not load (no local folder of
+    that name, and the hub unreachable or without it)."""
+    return MissingPathError(f"model={model!r} is no local folder and could not be loaded as a hub id "
+                            f"({type(error).__name__}: {str(error).splitlines()[0]}); {MODEL_FORMS}.")

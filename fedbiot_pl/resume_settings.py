@@ -13,6 +13,10 @@ Settings that must match (by their CLI names):
 * ``federated.algorithm`` (the split's too, linked): what is trained where;
 * ``federated.pre_alignment_rounds``: which epoch is which round in the loop's state and history.
 
+The data settings that decide each client's rows (``data.num_clients``, ``partition``,
+``partition_key``, ``dirichlet_alpha``, ``min_client_size``, ``val_fraction``, ``max_task_examples``,
+``seed``) are recorded too (``checkpoint["fedbiot_data"]``); a change only warns, naming each one.
+
 Everything else may change on resume: ``federated.rounds`` (to extend a run), steps, learning rates,
 client sampling (the loop warns), fault handling, ``lora_dropout``, the base weights' ``dtype``, the
 attention kernel, gradient checkpointing, and the trainer's engine settings. A checkpoint written
@@ -22,14 +26,20 @@ before settings were recorded cannot be checked; resuming from it logs a warning
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedbiot_pl.assets import EMBEDDED_PREFIX
 from fedbiot_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SETTINGS_KEY = "fedbiot_settings"
+DATA_KEY = "fedbiot_data"
+DATA_SETTINGS = ("num_clients", "partition", "partition_key", "dirichlet_alpha", "min_client_size", "val_fraction",
+                 "max_task_examples", "seed")
+"""The datamodule attributes (``data.<name>``) that decide the clients' rows (a change only warns)."""
 NOT_USED = "(not used)"
 
 
@@ -45,7 +55,7 @@ def run_settings(split: Any, loop: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "federated.algorithm": loop.algorithm,
         "federated.pre_alignment_rounds": loop.pre_alignment_rounds,
-        "model.split.model": split.model_name,
+        "model.split.model": model_identity(split.model_name),
     }
     if not full_model:
         settings.update({
@@ -59,6 +69,29 @@ def run_settings(split: Any, loop: Any) -> dict[str, Any]:
         "model.split.lora_targets": sorted(split.lora_targets),
     })
     return settings
+
+
+def model_identity(model: str) -> str:
+    """``model`` as a checkpoint records it: a local folder by its real path (``./m``, ``~/m`` and
+    ``/abs/m`` are one model); hub ids and ``embedded:`` names as given."""
+    path = os.path.expanduser(model)
+    return os.path.realpath(path) if not model.startswith(EMBEDDED_PREFIX) and os.path.exists(path) else model
+
+
+def data_settings(datamodule: Any) -> dict[str, Any]:
+    """The data settings that decide each client's rows (``data.<name>``), for those the datamodule has."""
+    values = {name: getattr(datamodule, name) for name in DATA_SETTINGS if hasattr(datamodule, name)}
+    return {f"data.{name}": value for name, value in values.items() if value is None or isinstance(value, (int, float, str))}
+
+
+def warn_data_differences(checkpoint: Mapping[str, Any], current: Mapping[str, Any], path: str | Path) -> None:
+    """Warn, naming each one, when the clients' data is partitioned otherwise than in the checkpoint's run:
+    the resume loads, but the run no longer ends as the interrupted one would have."""
+    differences = settings_differences(checkpoint.get(DATA_KEY) or {}, current) if DATA_KEY in checkpoint else []
+    if differences:
+        rows = "".join(f"\n  {name}: checkpoint {before!r}, this run {now!r}" for name, before, now in differences)
+        log.warning("resuming from %s with other data settings than its run's: the clients' rows differ from "
+                    "those the interrupted run trained on.%s", path, rows)
 
 
 def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -61,6 +61,10 @@ from typing import IO, Literal
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000, 0x20000000, 0x40000000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+KEPT_MOUNT_FLAGS = ((os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+                    (os.ST_RELATIME, MS_RELATIME))
+"""statvfs flag -> mount flag that a read-only remount of a bound folder carries over."""
 PR_SET_PDEATHSIG = 1
 UID_BASE = 64000
 """First uid (and gid) handed to sandboxed programs; uids known to the passwd database are skipped."""
@@ -441,9 +445,10 @@ def _private_filesystem(libc: ctypes.CDLL, config: dict) -> str:
     for need, handle in zip(config["binds"], handles, strict=True):
         os.makedirs(need, exist_ok=True)  # 0755 (umask 022), owned by the launcher, not by the program
         _mount(libc, f"/proc/self/fd/{handle}", need, None, MS_BIND | MS_REC)  # REC: a user namespace needs it
-        # Read-only only adds protection; the remount sets every per-mount flag, so keep noexec (in a user
-        # namespace clearing an inherited flag fails) and add nosuid and nodev.
-        kept = MS_NOEXEC if os.statvfs(need).f_flag & os.ST_NOEXEC else 0
+        # Read-only only adds protection; the remount sets every per-mount flag, so keep noexec and the atime
+        # flags (in a user namespace changing an inherited, locked flag fails) and add nosuid and nodev.
+        flags = os.statvfs(need).f_flag
+        kept = sum(ms for st, ms in KEPT_MOUNT_FLAGS if flags & st)
         _mount(libc, None, need, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
         os.close(handle)
     os.mkdir("/tmp/sandbox", 0o700)

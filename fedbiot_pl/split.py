@@ -29,7 +29,7 @@ from fedbiot_pl.algorithms import Algorithm, algorithm_spec
 from fedbiot_pl.assets import DEFAULT_MODEL
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.layer_drop import LayerLayout, layer_layout
-from fedbiot_pl.model_location import model_location
+from fedbiot_pl.model_location import model_location, unloadable
 from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, no_library_progress_bars
 
 Part = Literal["emulator", "adapter", "all"]
@@ -168,7 +168,12 @@ class SplitModel(nn.Module):
         from transformers import AutoConfig
 
         path = model_location(self.model_name)
-        return AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
+        try:
+            return AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
+        except OSError as error:
+            if os.path.exists(path):
+                raise
+            raise unloadable(self.model_name, error) from error
 
     def _check(self, config) -> LayerLayout:
         issues = []

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from fedbiot_pl import evaluation  # as a module: fedbiot_pl.evaluation imports this package
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.export import atomic_write
+from fedbiot_pl.export import write_text_atomic
 from fedbiot_pl.losses import causal_lm_ce
 from fedbiot_pl.modules.generation_module import GenerationModule, Variant
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule, lora_only
@@ -84,9 +84,16 @@ class SplitEvaluationModule(LoRAPartModule):
     @override
     def on_validation_epoch_end(self) -> None:
         # What ClientValidation reads instead of computing (and logging) the same losses again.
-        self.validated_epoch = self.current_epoch if self.trainer.state.fn == "fit" else None
+        fitting = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        self.validated_epoch = self.current_epoch if fitting else None
 
     def _evaluation_data(self) -> Any:
+        if self.trainer.world_size > 1:
+            raise ConfigError(
+                f"trainer.test runs the evaluation task on one device (it seeds the sampling of each variant and "
+                f"writes every prediction); got {self.trainer.world_size} processes. Set trainer.devices: 1 and "
+                "trainer.num_nodes: 1 for `test`."
+            )
         data = self.trainer.datamodule
         if getattr(data, "evaluation", None) is None or getattr(data, "eval_rows", None) is None:
             raise ConfigError(
@@ -139,6 +146,6 @@ class SplitEvaluationModule(LoRAPartModule):
             if self.trainer.is_global_zero and self.trainer.log_dir:
                 lines = "".join(json.dumps(p) + "\n" for p in state["predictions"][variant])
                 path = Path(self.trainer.log_dir) / "eval" / f"test-{settings.task}-{variant}.predictions.jsonl"
-                atomic_write(path, lambda tmp, text=lines: Path(tmp).write_text(text))
+                write_text_atomic(path, lines)
         restore_rng(state["rng"])
         self._test_state = {}

@@ -137,9 +137,25 @@ def test_model_location_forms(tmp_path, monkeypatch):
     with pytest.raises(MissingPathError, match="has no config.json"):
         model_location(str(tmp_path / "empty"))
     assert model_location(str(tmp_path / "empty"), needs_config=False) == str(tmp_path / "empty")  # a tokenizer
-    for missing in ("./nomodel", "~/no/such/model", "runs/x/y", "empty/model"):
+    for missing in ("./nomodel", "~/no/such/model", "runs/x/y"):
         with pytest.raises(MissingPathError, match="does not exist"):
             model_location(missing)
+    (tmp_path / "Qwen").mkdir()  # a folder named like a hub namespace does not make the hub id a path
+    assert model_location("Qwen/Qwen2-0.5B") == "Qwen/Qwen2-0.5B"
+
+
+def test_a_hub_id_transformers_cannot_load_is_named_with_the_accepted_forms(monkeypatch):
+    from transformers import AutoConfig
+
+    from fedbiot_pl.split import SplitModel
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nmore")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", offline)
+    with pytest.raises(MissingPathError, match=r"model='runs/x' is no local folder and could not be loaded as a hub "
+                                               r"id \(OSError: We couldn't connect.*\); a model argument is"):
+        SplitModel("runs/x")
 
 
 # ---------------------------------------------------------------- client counts

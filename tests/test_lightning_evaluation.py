@@ -251,21 +251,20 @@ def test_round_checkpoints_follow_every_round_when_validation_skips_epochs(tmp_p
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
-def test_a_round_checkpoint_is_evaluated_into_its_own_run_folder_keeping_the_rows(run, tmp_path, subcommand):
+def test_a_round_checkpoint_is_evaluated_into_its_run_folder_without_touching_the_runs_files(run, tmp_path, subcommand):
     import shutil
 
     run_dir, _ = run
     copy = tmp_path / "fedbiot" / "version_0"
     shutil.copytree(run_dir, copy)
     (tmp_path / "fedbiot" / "version_1").mkdir()  # a newer run: the checkpoint's folder still wins
-    before = metric_rows(copy)
+    files = {name: (copy / name).read_bytes() for name in ("metrics.csv", "config.yaml", "hparams.yaml")}
     extra = ["--data.evaluation.limit", "1", "--data.evaluation.shots", "0",
              "--data.evaluation.generation.max_new_tokens", "4"] if subcommand == "test" else []
     cli = main([subcommand, *cli_args(tmp_path), "--ckpt_path", str(copy / "checkpoints" / "last.ckpt"), *extra])
-    assert Path(cli.trainer.log_dir) == copy
-    after = metric_rows(copy)
-    assert len(after) == len(before) + 1  # every training row is kept, the evaluation's is added
-    assert [{k: v for k, v in row.items() if v} for row in after[:-1]] == [
-        {k: v for k, v in row.items() if v} for row in before]
+    assert Path(cli.trainer.log_dir) == copy / "eval" / f"{subcommand}-last"
+    assert {name: (copy / name).read_bytes() for name in files} == files  # the run's own records are untouched
+    assert sorted(p.name for p in (tmp_path / "fedbiot").iterdir()) == ["version_0", "version_1"]  # no new run
+    (row,) = metric_rows(cli.trainer.log_dir)
     prefix = "val/" if subcommand == "validate" else "test/"
-    assert any(key.startswith(prefix) and value for key, value in after[-1].items())
+    assert any(key.startswith(prefix) and value for key, value in row.items())

@@ -130,3 +130,30 @@ def test_cli_resume_with_another_split_is_refused_and_with_more_rounds_continues
     assert cli.trainer.ckpt_path == str(run / "checkpoints" / "last.ckpt") and cli.trainer.current_epoch == 2
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     assert (run / "final_adapter" / "compressed_lora.safetensors").exists()
+
+
+def test_a_local_model_is_recorded_by_its_real_path(tmp_path, monkeypatch):
+    from fedbiot_pl.resume_settings import model_identity
+
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert model_identity("./m") == model_identity(str(tmp_path / "m")) == str((tmp_path / "m").resolve())
+    assert model_identity("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+    assert model_identity(STORIES) == STORIES
+
+
+def test_other_data_settings_only_warn_naming_each(caplog):
+    from fedbiot_pl.datamodules import FederatedInstructionDataModule
+    from fedbiot_pl.resume_settings import DATA_KEY, data_settings, warn_data_differences
+
+    before = data_settings(FederatedInstructionDataModule(num_clients=3, val_fraction=0.0, seed=1))
+    assert before == {"data.num_clients": 3, "data.partition": "iid", "data.partition_key": None,
+                      "data.dirichlet_alpha": 0.5, "data.min_client_size": 1, "data.val_fraction": 0.0,
+                      "data.max_task_examples": None, "data.seed": 1}
+    now = data_settings(FederatedInstructionDataModule(num_clients=3, val_fraction=0.05, seed=1))
+    with caplog.at_level(logging.WARNING):
+        warn_data_differences({DATA_KEY: before}, before, "a.ckpt")
+        assert not caplog.records
+        warn_data_differences({DATA_KEY: before}, now, "a.ckpt")
+    assert "data.val_fraction: checkpoint 0.0, this run 0.05" in caplog.text
+    assert "data.num_clients" not in caplog.text

@@ -5,6 +5,7 @@ training.png from the CSV logger's metrics.csv (and nothing without one)."""
 import csv
 import json
 import logging
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -151,3 +152,32 @@ def test_continue_run_picks_the_checkpoints_run_folder(tmp_path):
     continue_run(fixed, "last")
     assert fixed.version == 7
     continue_run(object(), "last")  # loggers without run folders are left alone
+
+
+def test_only_loggers_that_keep_the_folders_rows_continue_it(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fedbiot_pl.csv_logger import AtomicCSVLogger
+
+    (tmp_path / "run" / "version_0" / "checkpoints").mkdir(parents=True)
+    plain = CSVLogger(tmp_path, name="run")  # Lightning's: would delete the folder's metrics.csv
+    continue_run(plain, "last")
+    assert plain.version == 1
+    atomic = AtomicCSVLogger(tmp_path, name="run")
+    continue_run(atomic, "last")
+    assert atomic.version == 0
+
+
+def test_evaluations_of_a_round_checkpoint_log_below_its_run(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fedbiot_pl.logger_resume import evaluate_into_run
+
+    (tmp_path / "run" / "version_2" / "checkpoints").mkdir(parents=True)
+    ckpt = tmp_path / "run" / "version_2" / "checkpoints" / "round-epoch=3.ckpt"
+    for logger in (CSVLogger(tmp_path, name="run"), TensorBoardLogger(tmp_path, name="run")):
+        evaluate_into_run(logger, ckpt, "test")
+        assert Path(logger.log_dir) == tmp_path / "run" / "version_2" / "eval" / "test-round-epoch=3"
+    elsewhere = CSVLogger(tmp_path, name="run")
+    evaluate_into_run(elsewhere, tmp_path / "other.ckpt", "validate")
+    assert elsewhere.version == 3  # a checkpoint outside the run folders: Lightning's next version
