@@ -37,7 +37,7 @@ class SplitEvaluationModule(LoRAPartModule):
     :class:`~fedbiot_pl.evaluation_settings.EvaluationSettings`, e.g. GSM8K accuracy, pass@k, QA
     overlap) with the code and torchmetrics of ``train.py evaluate``, so both give the same numbers
     on the same checkpoint: ``test/<task>/<variant>/<metric>``, and the predictions in
-    ``<log_dir>/eval/test-<task>-<variant>.predictions.jsonl``. Sampling restarts from the
+    ``<log_dir>/test-<task>-<variant>.predictions.jsonl``. Sampling restarts from the
     settings' seed for each variant; the global random states are restored after the test.
 
     A checkpoint given to ``validate``/``test`` (``ckpt_path``) must hold this split's LoRA.
@@ -145,7 +145,7 @@ class SplitEvaluationModule(LoRAPartModule):
                                                                                 device=self.device))
             if self.trainer.is_global_zero and self.trainer.log_dir:
                 lines = "".join(json.dumps(p) + "\n" for p in state["predictions"][variant])
-                path = Path(self.trainer.log_dir) / "eval" / f"test-{settings.task}-{variant}.predictions.jsonl"
+                path = Path(self.trainer.log_dir) / f"test-{settings.task}-{variant}.predictions.jsonl"
                 write_text_atomic(path, lines)
         restore_rng(state["rng"])
         self._test_state = {}

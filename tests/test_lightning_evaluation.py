@@ -141,7 +141,7 @@ def test_test_subcommand_gives_the_numbers_of_train_py_evaluate(run, tmp_path):
     assert float(row["test/dolly/adapemu/rougeL"]) == pytest.approx(report["adapemu"]["rougeL"], rel=1e-12)
     references = [r["response"] for r in read_eval_records("dolly", DOLLY, 4)]
     for variant in ("adapfu", "adapemu"):
-        ours = read_jsonl(f"{cli.trainer.log_dir}/eval/test-dolly-{variant}.predictions.jsonl")
+        ours = read_jsonl(f"{cli.trainer.log_dir}/test-dolly-{variant}.predictions.jsonl")
         theirs = read_jsonl(run_dir / "eval" / f"dolly-{variant}.predictions.jsonl")
         assert ours == theirs and len(ours) == 4  # the same sampled completions
         by_hand = sum(rouge_l(p["completions"][0], ref) for p, ref in zip(ours, references)) / 4
@@ -178,7 +178,7 @@ def test_trainer_test_with_a_round_checkpoint_from_python(run, tmp_path, task):
                               settings=generation, seed=5, ks=settings.k)
     assert logged == {f"test/{task}/{v}/{name}": value for v, m in expected.metrics.items() for name, value in m.items()}
     for variant in ("adapfu", "adapemu"):
-        got = read_jsonl(f"{trainer.log_dir}/eval/test-{task}-{variant}.predictions.jsonl")
+        got = read_jsonl(f"{trainer.log_dir}/test-{task}-{variant}.predictions.jsonl")
         assert got == expected.predictions[variant] and len(got) == len(data.eval_rows)
     if task == "mc":  # the story model prefers the fluent choice: right twice, wrong on the third row
         assert logged == {"test/mc/adapfu/accuracy": pytest.approx(2 / 3), "test/mc/adapemu/accuracy": pytest.approx(2 / 3)}
