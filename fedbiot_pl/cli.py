@@ -39,7 +39,7 @@ from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.logger_resume import continue_run, evaluate_into_run
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.quiet import quiet_lightning_cli
+from fedbiot_pl.quiet import RESUME_WARNING, quiet_lightning_cli
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "default.yaml"
 TRAINER_DEFAULTS = {
@@ -109,6 +109,15 @@ class FedBiOTCLI(LightningCLI):
             continue_run(logger, ckpt_path)
         self.check_resume(ckpt_path)
 
+    def after_fit(self) -> None:
+        """Say where the run went: the folder and the files a user opens first."""
+        folder = self.trainer.log_dir
+        if not self.trainer.is_global_zero or not folder:
+            return
+        names = ("final_adapter/adapfu", "metrics.csv", "training.png")
+        present = [name for name in names if (Path(folder) / name).exists()]
+        print(f"Run folder: {folder}" + (f" ({', '.join(present)})" if present else ""), file=sys.stderr)
+
     def before_validate(self) -> None:
         """``validate --ckpt_path <round checkpoint>``: log into ``<run>/eval/validate-<checkpoint>``."""
         self.evaluate_into_checkpoint_run()
@@ -132,6 +141,7 @@ class FedBiOTCLI(LightningCLI):
         that differ from the checkpoint's stop the command, naming the file and each setting."""
         if ckpt_path is None:
             return
+        warnings.filterwarnings("ignore", message=RESUME_WARNING)  # the run's own checkpoint folder, again
         from fedbiot_pl.checkpoint_integrity import checkpoint_folders, local_checkpoint, read_checkpoint, resume_path
         from fedbiot_pl.resume_settings import check_resume_settings, data_settings, run_settings, warn_data_differences
 

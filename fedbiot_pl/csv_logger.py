@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 from pathlib import Path
@@ -19,21 +20,29 @@ from typing_extensions import override
 from fedbiot_pl.export import atomic_write
 
 _VERSION = re.compile(r"^version_(\d+)$")
+log = logging.getLogger(__name__)
 
 
 def resume_version(root_dir: str | Path, ckpt_path: str | Path | None) -> int | str | None:
     """The run folder (version) that fitting with ``ckpt_path`` continues, or ``None`` for a new one.
 
     ``"last"`` continues the newest ``version_N`` folder under ``root_dir`` (``<save_dir>/<name>``)
-    when there is one; a checkpoint file at ``<root_dir>/<version>/checkpoints/<file>`` continues
-    ``<version>``. Any other path starts a new folder.
+    that holds a checkpoint, skipping newer folders without one (a command that failed at start-up,
+    a ``validate`` of the untrained model) with a warning; when none holds a checkpoint, the newest
+    folder (a run stopped before its first round starts afresh there). A checkpoint file at
+    ``<root_dir>/<version>/checkpoints/<file>`` continues ``<version>``. Any other path starts a new folder.
     """
     root = Path(root_dir)
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
-        versions = [int(m.group(1)) for p in root.glob("version_*") if p.is_dir() and (m := _VERSION.match(p.name))]
-        return max(versions) if versions else None
+        versions = sorted(int(m.group(1)) for p in root.glob("version_*") if p.is_dir() and (m := _VERSION.match(p.name)))
+        saved = [v for v in versions if any((root / f"version_{v}" / "checkpoints").glob("*.ckpt"))]
+        if saved and saved[-1] != versions[-1]:
+            skipped = ", ".join(f"version_{v}" for v in versions if v > saved[-1])
+            log.warning("--ckpt_path last: %s under %s hold no checkpoint; continuing version_%d, the newest run "
+                        "with one.", skipped, root, saved[-1])
+        return saved[-1] if saved else (versions[-1] if versions else None)
     path = Path(ckpt_path).resolve()
     if path.parent.name == "checkpoints" and path.parent.parent.parent == root.resolve():
         folder = path.parent.parent.name

@@ -111,8 +111,9 @@ def check_values(where: str, role: str, column: str, values: Iterable[Any], requ
                     "give every row a non-empty string there, remove the row, or set drop_empty: true."
                 )
         elif not isinstance(value, str):
+            kind = type(value).__name__
             raise ConfigError(
-                f"{where}: row {number} field {column!r} is a {type(value).__name__}, not a string; "
+                f"{where}: row {number} field {column!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a string; "
                 "store it as a JSON string."
             )
         elif required and not value.strip():

@@ -54,17 +54,18 @@ def continue_run(logger: Any, ckpt_path: str | Path | None) -> None:
 def evaluate_into_run(logger: Any, ckpt_path: str | Path | None, stage: str) -> None:
     """``validate``/``test`` of a round checkpoint: log into ``<run>/eval/<stage>-<checkpoint>/``.
 
-    The results stay with the run that wrote the checkpoint without touching its ``metrics.csv``,
-    ``config.yaml`` or ``hparams.yaml`` (a training process may still be writing them), and no new
-    ``version_N`` folder appears for ``--ckpt_path last`` to mistake for a run. A checkpoint outside
-    the logger's run folders leaves the logger as it is.
+    ``<run>`` is the folder holding the checkpoint's ``checkpoints/`` folder, wherever it lies (a
+    copied or renamed run included). The results stay with the run without touching its
+    ``metrics.csv``, ``config.yaml`` or ``hparams.yaml`` (a training process may still be writing
+    them), and no ``version_N`` folder appears for ``--ckpt_path last`` to mistake for a run. A
+    checkpoint outside a run's ``checkpoints/`` folder leaves the logger as it is.
     """
-    if ckpt_path is None or str(ckpt_path) == "last" or not _run_folder_logger(logger):
+    if ckpt_path is None or str(ckpt_path) in ("last", "best", "hpc") or not _run_folder_logger(logger):
         return
-    version = resume_version(logger.root_dir, ckpt_path)
-    if version is not None:
-        run = version if isinstance(version, str) else f"version_{version}"
-        logger._version = f"{run}/eval/{stage}-{Path(str(ckpt_path)).stem}"
+    path = Path(str(ckpt_path).removeprefix("file://")).resolve()
+    if path.parent.name == "checkpoints" and "://" not in str(ckpt_path).removeprefix("file://"):
+        # An absolute version: the loggers' log_dir is os.path.join(root_dir, version) = this folder.
+        logger._version = str(path.parent.parent / "eval" / f"{stage}-{path.stem}")
 
 
 def purge_events_from(logger: Any, step: int) -> None:

@@ -7,8 +7,10 @@ that produces it, then the previous state comes back. Errors are never silenced.
   transformers' "Loading weights" bar (the run shows one Lightning progress bar per round instead);
 * :func:`expected_warnings` -- warnings matching given message patterns, e.g. transformers'
   ``FutureWarning`` that peft triggers by reading ``is_gradient_checkpointing``;
-* :func:`quiet_lightning_cli` -- for the ``train.py`` process: Lightning's advertising tips and the
-  ``LeafSpec`` deprecation that Lightning itself triggers on new torch versions.
+* :func:`quiet_lightning_cli` -- for the ``train.py`` process: Lightning's advertising tips, the
+  ``LeafSpec`` deprecation that Lightning itself triggers on new torch versions, and the warnings
+  about server epochs with nothing to align (the rounds of offsite-tuning, FedOT, FedAvg-LoRA);
+  :data:`RESUME_WARNING` when ``--ckpt_path`` resumes a run into its own checkpoint folder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from contextlib import contextmanager
 
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 """Lightning's warning about frozen modules; FedBiOT keeps its frozen layers in eval mode on purpose."""
+NO_ALIGNMENT_WARNINGS = (r"`training_step` returned `None`", r"`LightningModule.configure_optimizers` returned `None`")
+"""Lightning's warnings for a server epoch with nothing to align (offsite-tuning/FedOT rounds, FedAvg-LoRA)."""
+RESUME_WARNING = r"Checkpoint directory .* exists and is not empty"
+"""ModelCheckpoint's warning when a resumed run writes its round checkpoints into their own folder again."""
 GRADIENT_CHECKPOINTING_WARNING = r"`is_gradient_checkpointing` is deprecated"
 """transformers 5's FutureWarning, raised by peft's own check of the attribute."""
 LIGHTNING_NOISE = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
@@ -67,6 +73,6 @@ def quiet_lightning_cli() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
-    for pattern in LIGHTNING_NOISE:
+    for pattern in (*LIGHTNING_NOISE, *NO_ALIGNMENT_WARNINGS):  # the CLI's server module is always ours
         warnings.filterwarnings("ignore", message=pattern)
 

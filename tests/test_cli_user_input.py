@@ -111,7 +111,7 @@ def test_bad_data_rows_are_a_message(tmp_path, capsys):
     task.write_text("".join(json.dumps(row) + "\n" for row in rows))
     err = user_error(["fit", "--data.task_path", str(task), "--trainer.default_root_dir", str(tmp_path),
                       "--trainer.logger.init_args.save_dir", str(tmp_path), *TINY], capsys)
-    assert "row 2 field 'answer' is a int, not a string" in err
+    assert "row 2 field 'answer' is an int, not a string" in err
 
 
 def test_a_real_process_prints_no_traceback(tmp_path):

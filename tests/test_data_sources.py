@@ -193,7 +193,7 @@ def test_corrupt_file_is_named(tmp_path: Path, name: str) -> None:
         ({"question": "Q?"}, r"row 2 has no 'answer' \(missing or null\), which holds the output"),
         ({"question": "Q?", "answer": None}, r"row 2 has no 'answer' \(missing or null\)"),
         ({"question": "  ", "answer": "#### 1"}, r"row 2 field 'question' \(instruction\) is empty; give it text, remove the row, or set drop_empty: true"),
-        ({"question": "Q?", "answer": 72}, r"row 2 field 'answer' is a int, not a string; store it as a JSON string"),
+        ({"question": "Q?", "answer": 72}, r"row 2 field 'answer' is an int, not a string; store it as a JSON string"),
     ],
 )
 def test_bad_values_name_file_row_and_fix(tmp_path: Path, bad_row: dict[str, Any], expected: str) -> None:
@@ -209,7 +209,7 @@ def test_drop_empty_allows_blank_values_but_not_other_types(tmp_path: Path) -> N
     assert check_source(source, rows).format == "gsm8k"
     source, rows = _load(_jsonl(tmp_path / "typed.jsonl", [*rows_in, {"question": "Q", "answer": 3}]), tmp_path,
                          format="gsm8k", drop_empty=True)
-    with pytest.raises(ValueError, match=r"typed\.jsonl: row 4 field 'answer' is a int"):
+    with pytest.raises(ValueError, match=r"typed\.jsonl: row 4 field 'answer' is an int"):
         check_source(source, rows)
 
 
@@ -219,7 +219,7 @@ def test_optional_input_may_be_null_or_empty_but_not_a_number(tmp_path: Path) ->
     assert check_source(source, rows).fields["input"] == "input"
     bad = [*good, {"instruction": "E", "input": 5, "output": "F"}]
     source, rows = _load(_jsonl(tmp_path / "bad.jsonl", bad), tmp_path)
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 3 field 'input' is a int"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl: row 3 field 'input' is an int"):
         check_source(source, rows)
 
 

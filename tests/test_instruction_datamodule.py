@@ -234,7 +234,7 @@ def test_empty_value_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) 
 def test_non_string_value_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) -> None:
     task = _write_jsonl(tmp_path / "bad.jsonl", [_task_row(1), _task_row(2), {"question": "Q?", "answer": 72}])
     message = _setup_error(no_tokenizer, task=DataSource(task, format="gsm8k"))
-    assert re.search(r"bad\.jsonl: row 3 field 'answer' is a int, not a string; store it as a JSON string", message)
+    assert re.search(r"bad\.jsonl: row 3 field 'answer' is an int, not a string; store it as a JSON string", message)
 
 
 def test_unreadable_file_names_the_row(tmp_path: Path, no_tokenizer: None) -> None:

@@ -178,6 +178,23 @@ def test_evaluations_of_a_round_checkpoint_log_below_its_run(tmp_path):
     for logger in (CSVLogger(tmp_path, name="run"), TensorBoardLogger(tmp_path, name="run")):
         evaluate_into_run(logger, ckpt, "test")
         assert Path(logger.log_dir) == tmp_path / "run" / "version_2" / "eval" / "test-round-epoch=3"
-    elsewhere = CSVLogger(tmp_path, name="run")
-    evaluate_into_run(elsewhere, tmp_path / "other.ckpt", "validate")
-    assert elsewhere.version == 3  # a checkpoint outside the run folders: Lightning's next version
+    copied = CSVLogger(tmp_path / "cwd", name="run")  # a run folder elsewhere (copied, renamed) is found too
+    evaluate_into_run(copied, tmp_path / "moved" / "checkpoints" / "last.ckpt", "validate")
+    assert Path(copied.log_dir) == tmp_path / "moved" / "eval" / "validate-last"
+    loose = CSVLogger(tmp_path, name="run")
+    evaluate_into_run(loose, tmp_path / "other.ckpt", "validate")
+    assert loose.version == 3  # a checkpoint outside a run's checkpoints/ folder: Lightning's next version
+
+
+def test_last_skips_newer_folders_without_a_checkpoint(tmp_path, caplog):
+    from fedbiot_pl.csv_logger import resume_version
+
+    assert resume_version(tmp_path, "last") is None  # nothing yet: a new run
+    (tmp_path / "version_0" / "checkpoints").mkdir(parents=True)
+    assert resume_version(tmp_path, "last") == 0  # stopped before its first round: starts afresh there
+    (tmp_path / "version_0" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "version_1").mkdir()  # a command that failed at start-up
+    (tmp_path / "version_2" / "checkpoints").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        assert resume_version(tmp_path, "last") == 0
+    assert "version_1, version_2" in caplog.text and "continuing version_0" in caplog.text
