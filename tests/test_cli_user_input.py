@@ -46,7 +46,7 @@ def test_overrides_apply_to_the_embedded_default_without_config(capsys):
     assert config["federated"]["pre_alignment_rounds"] == 2  # the rest of the default stays
     config = printed_config(["fit", "--trainer.strategy=deepspeed_stage_3"], capsys)
     assert config["trainer"]["strategy"] == "deepspeed_stage_3"
-    assert config["data"]["task_path"] == "embedded:data/gsm8k/train_sample.jsonl"
+    assert config["data"]["val_fraction"] == 0.05 and config["data"]["num_clients"] == 3
     for subcommand in ("validate", "test"):
         assert printed_config([subcommand], capsys)["model"]["split"]["init_args"]["model"].startswith("embedded:")
 
@@ -62,6 +62,19 @@ def test_an_explicit_config_replaces_the_embedded_default(tmp_path, capsys):
     assert "fit.model.split" in err and "none.jsonl" not in err
     assert printed_config(["fit", f"--config={DEFAULT_CONFIG}", "--config", str(only_rounds)], capsys)[
         "federated"]["rounds"] == 7
+
+
+@pytest.mark.parametrize("option", ["--data.task.path", "--data.task_path"])
+def test_either_data_option_overrides_the_defaults_data(option, tmp_path):
+    from fedbiot_pl.cli import FedBiOTCLI
+    from fedbiot_pl.datamodules import FederatedInstructionDataModule
+    from fedbiot_pl.modules import EmulatorAlignmentModule
+
+    dolly = "embedded:data/dolly/dolly_sample.jsonl"
+    cli = FedBiOTCLI(EmulatorAlignmentModule, FederatedInstructionDataModule, run=False,
+                     args=with_default_config(["fit", option, dolly, "--trainer.default_root_dir", str(tmp_path)])[1:])
+    assert cli.datamodule.task.path == dolly
+    assert cli.datamodule.public.path == "embedded:data/alpaca/alpaca_sample.json"  # the default's public data
 
 
 def test_no_arguments_run_fit_on_the_default():
