@@ -8,6 +8,7 @@ the cumulative bytes communicated) come out::
 
     python benchmarks/compare_algorithms.py --out benchmarks/results/compare
     python benchmarks/compare_algorithms.py --rounds 2 --algorithms fedbiot fedot --out /tmp/cmp   # quick
+    python benchmarks/compare_algorithms.py --rounds 1 --fit-arg=--federated.pre_alignment_rounds=0 ...  # smoke
 
 Columns: final client validation loss (token-weighted over every client's held-out rows) of AdapEmu
 and AdapFu, GSM8K accuracy of both (greedy, zero-shot, on ``--eval-limit`` test rows), LoRA bytes
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-limit", type=int, default=50, help="GSM8K test rows scored per variant")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
+    p.add_argument("--fit-arg", action="append", default=[], metavar="ARG", dest="fit_args",
+                   help="one more 'train.py fit' argument, after the script's own so it wins (repeatable; "
+                        "give it with '=': --fit-arg=--federated.align_steps=1); for quick smoke runs")
     return p.parse_args(argv)
 
 
@@ -52,7 +56,7 @@ def fit(algorithm: str, args: argparse.Namespace, out: Path) -> float:
         f"--federated.local_steps={args.local_steps}", f"--data.val_fraction={args.val_fraction}",
         "--trainer.callbacks+=fedbiot_pl.callbacks.ClientValidation",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
-        "--trainer.logger.init_args.name=run", "--trainer.enable_progress_bar=false",
+        "--trainer.logger.init_args.name=run", "--trainer.enable_progress_bar=false", *args.fit_args,
     ]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

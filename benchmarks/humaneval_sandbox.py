@@ -66,7 +66,7 @@ def one_repeat(problems: list[dict[str, str]], workers: int, limits: Limits, lan
             "network": sorted({r.network for r in results})}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Benchmark; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=Path, default=DEFAULT_PROBLEMS)
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock limit per program [s]")
     parser.add_argument("--no-site", action="store_true", help="run python -I -S (no site-packages)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.problems.exists():
         print(f"humaneval_sandbox: error: {args.problems} not found; pass --problems HumanEval.jsonl.gz",
               file=sys.stderr)

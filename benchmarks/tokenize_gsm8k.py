@@ -6,6 +6,7 @@ tokenizer, then times the datamodule's per-source path: :func:`load_source` (JSO
 A *cold* run starts from an empty cache folder; the *cached* run right after it reuses that folder.
 
     python benchmarks/tokenize_gsm8k.py --repeats 5
+    python benchmarks/tokenize_gsm8k.py --data rows.jsonl --tokenizer path/to/tokenizer --json out.json
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = SHARED / "gsm8k" / "train.jsonl"
@@ -63,19 +65,21 @@ def run_child(data: str, tokenizer_dir: str, cache_dir: str, max_length: int) ->
     return json.loads(output.strip().splitlines()[-1])
 
 
-def main() -> None:
-    """Parse the arguments, run the repeats, print every run and the medians."""
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Parse the arguments, run the repeats, print every run and the medians; returns (and with
+    ``--json`` writes) every run and the medians."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
     parser.add_argument("--max-length", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--json", type=Path, help="write every run and the medians to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(one_run(args.data, args.tokenizer, args.cache_dir, args.max_length)))
-        return
+        return None
     results: dict[str, list[dict[str, float]]] = {"cold": [], "cached": []}
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="tok_bench_") as cache_dir:
@@ -86,9 +90,15 @@ def main() -> None:
                     f"{name}={value:.3f}" if isinstance(value, float) else f"{name}={value}"
                     for name, value in numbers.items()), flush=True)
     print(f"\nmedians over {args.repeats} repeats (s), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}:")
+    medians = {}
     for kind, runs in results.items():
-        medians = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-        print(f"{kind:6s}: " + ", ".join(f"{name}={value:.3f}" for name, value in medians.items()))
+        medians[kind] = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+        print(f"{kind:6s}: " + ", ".join(f"{name}={value:.3f}" for name, value in medians[kind].items()))
+    report = {"settings": {"data": args.data, "tokenizer": args.tokenizer, "max_length": args.max_length,
+                           "repeats": args.repeats}, "runs": results, "medians": medians}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -1,0 +1,242 @@
+"""Smoke tests of every script in ``benchmarks/``: each runs with tiny arguments (seconds) and what it
+reports is checked, so that a benchmark cannot break unnoticed. Every run writes under ``tmp_path``.
+
+In-process through ``main(argv)`` where the script has one; the scripts' own subprocesses (the fresh
+interpreters of ``tokenize_gsm8k.py``, ``train.py`` of ``compare_algorithms.py``) run as they do from
+the command line. ``gpu_round.py``'s refusal without CUDA and its client phase are in test_flops.py;
+here its ``main`` runs the CPU client phase. Tests that need ``../shared/data`` skip without it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import random
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+HUMANEVAL = SHARED / "humaneval" / "HumanEval.jsonl.gz"
+
+
+def load_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (its ``if __name__ == "__main__"`` block does not run)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite_positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """The benchmarks set torch's thread count for the whole process; give it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tempfile``'s folder (and the children's ``TMPDIR``) inside this test's ``tmp_path``."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    return scratch
+
+
+# ------------------------------------------------------------------------------ round_overhead.py
+@pytest.fixture
+def round_overhead(monkeypatch: pytest.MonkeyPatch, keep_torch_threads) -> ModuleType:
+    import lightning.pytorch as pl
+
+    # The script wraps pl.Trainer.__init__ with a timer for the rest of the process: undo it after.
+    monkeypatch.setattr(pl.Trainer, "__init__", pl.Trainer.__init__)
+    return load_script("round_overhead")
+
+
+TINY_ROUND = ["--model", "tiny", "--clients", "2", "--local-steps", "2", "--accumulate", "2", "--batch-size", "2",
+              "--seq-len", "16", "--threads", "1"]
+
+
+def test_round_overhead_runs_the_real_round_and_matches_the_plain_loop_bit_for_bit(round_overhead, tmp_path):
+    out = tmp_path / "round.json"
+    returned = round_overhead.main([*TINY_ROUND, "--repeats", "2", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["settings"]["clients"] == 2 and res["settings"]["repeats"] == 2
+    assert res["bit_identical"] is True and returned["bit_identical"] is True
+    assert res["max_abs_diff_toolkit_vs_plain"] == 0.0
+    assert res["max_abs_adapter_change_in_round"] > 0  # equal because both trained, not because neither did
+    for key in ("ratio_of_medians", "ratio_median_of_pairs", "client_fit_ratio_median", "ratio_from_client_medians",
+                "warmup_first_client_setup_ms", "benchmark_wall_seconds"):
+        assert finite_positive(res[key]), key
+    for path in ("toolkit", "plain"):
+        assert len(res[path]["round_seconds"]) == 2 and all(map(finite_positive, res[path]["round_seconds"]))
+        for key in ("client_setup_ms_median", "client_loop_ms_median", "client_total_ms_median", "step_ms_median"):
+            assert finite_positive(res[path][key]), (path, key)
+    assert finite_positive(res["toolkit"]["client_trainer_init_ms_median"])
+
+
+def test_round_overhead_refuses_a_round_that_dropped_a_client(round_overhead, monkeypatch):
+    # The federated loop drops a failing client and goes on with the others; the benchmark must not
+    # time such a round. Client 1 fails (the warm-up round has client 0 only).
+    original = round_overhead.FixedBatchesDataModule.client_dataloader
+
+    def broken(self, client_id, round_idx=0):
+        if client_id == 1:
+            raise RuntimeError("client fit broke")
+        return original(self, client_id, round_idx)
+
+    monkeypatch.setattr(round_overhead.FixedBatchesDataModule, "client_dataloader", broken)
+    with pytest.raises(RuntimeError, match="did not run every client cleanly") as caught:
+        round_overhead.main([*TINY_ROUND, "--repeats", "1"])
+    assert "client fit broke" in str(caught.value.__cause__)
+
+
+# ------------------------------------------------------------------------------ generation_throughput.py
+def test_generation_throughput(tmp_path, keep_torch_threads):
+    bench = load_script("generation_throughput")
+    out = tmp_path / "generation.json"
+    returned = bench.main(["--batch-size", "2", "--new-tokens", "4", "--repeats", "1", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res == json.loads(json.dumps(returned))
+    assert sorted(res["runs"]) == ["adapemu/cache", "adapemu/no_cache", "adapfu/cache", "adapfu/no_cache"]
+    for run in res["runs"].values():
+        assert len(run["runs_s"]) == 1 and finite_positive(run["median_s"]) and finite_positive(run["tokens_per_s"])
+        assert run["tokens_per_s"] == pytest.approx(2 * 4 / run["median_s"])
+    assert all(map(finite_positive, res["kv_cache_speedup"].values()))
+
+
+# ------------------------------------------------------------------------------ tokenize_gsm8k.py
+def test_tokenize_gsm8k_on_embedded_rows(tmp_path, private_tmp):
+    """The script's cold and cached runs (fresh interpreters) on 20 embedded GSM8K rows and the
+    embedded stories260K tokenizer: no shared data needed."""
+    from fedbiot_pl.assets import resolve
+
+    rows = Path(resolve("embedded:data/gsm8k/train_sample.jsonl")).read_text().splitlines()[:20]
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "tokenize.json"
+    bench = load_script("tokenize_gsm8k")
+    returned = bench.main(["--data", str(data), "--tokenizer", resolve("embedded:models/stories260K"),
+                           "--max-length", "256", "--repeats", "1", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res == json.loads(json.dumps(returned))
+    for kind in ("cold", "cached"):
+        (run,) = res["runs"][kind]
+        assert run["rows"] == 20 and 0 < run["kept"] <= 20
+        assert finite_positive(run["total_without_tokenizer_load"]) and finite_positive(run["tokenize_dataset"])
+        assert all(math.isfinite(v) and v >= 0 for v in run.values())
+        assert res["medians"][kind]["rows"] == 20
+    assert list(private_tmp.iterdir()) == []  # the per-repeat cache folders are gone
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared data sets are not at {SHARED}")
+def test_tokenize_gsm8k_defaults_point_at_the_shared_data():
+    bench = load_script("tokenize_gsm8k")
+    assert bench.DEFAULT_DATA.is_file(), bench.DEFAULT_DATA
+    assert (bench.DEFAULT_TOKENIZER / "tokenizer_config.json").is_file(), bench.DEFAULT_TOKENIZER
+
+
+# ------------------------------------------------------------------------------ humaneval_sandbox.py
+@pytest.fixture
+def humaneval_sandbox(monkeypatch, private_tmp) -> ModuleType:
+    """The script, with sandbox uids no other test session uses (as in test_sandbox.py)."""
+    from fedbiot_pl import sandbox
+
+    monkeypatch.setattr(sandbox, "UID_BASE", 1_000_000 + random.randrange(0, 1_000_000, sandbox.UID_SLOTS))
+    return load_script("humaneval_sandbox")
+
+
+ADD = {"prompt": "def add(a: int, b: int) -> int:\n    \"\"\"Sum of a and b.\"\"\"\n",
+       "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n", "entry_point": "add"}
+
+
+def test_humaneval_sandbox_passes_right_and_lists_wrong_solutions(humaneval_sandbox, tmp_path):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("\n".join(json.dumps({**ADD, **extra}) for extra in (
+        {"task_id": "toy/right", "canonical_solution": "    return a + b\n"},
+        {"task_id": "toy/wrong", "canonical_solution": "    return a - b\n"},
+    )) + "\n")
+    out = tmp_path / "sandbox.json"
+    assert humaneval_sandbox.main(["--problems", str(problems), "--workers", "1", "--repeats", "1",
+                                   "--json", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["1"]
+    assert run["passed"] == 1
+    assert [f["task_id"] for f in run["failures"]] == ["toy/wrong"]
+    assert finite_positive(run["wall_s"]) and finite_positive(run["program_max_s"])
+
+
+def test_humaneval_sandbox_names_a_missing_problem_file(humaneval_sandbox, tmp_path, capsys):
+    assert humaneval_sandbox.main(["--problems", str(tmp_path / "absent.jsonl.gz")]) == 2
+    assert "absent.jsonl.gz not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HUMANEVAL.exists(), reason=f"{HUMANEVAL} not present")
+def test_humaneval_sandbox_on_real_problems(humaneval_sandbox, tmp_path):
+    with gzip.open(HUMANEVAL, "rt") as f:
+        first = [line for line in f if line.strip()][:3]
+    problems = tmp_path / "HumanEval3.jsonl.gz"
+    with gzip.open(problems, "wt") as f:
+        f.writelines(first)
+    out = tmp_path / "sandbox.json"
+    assert humaneval_sandbox.main(["--problems", str(problems), "--workers", "2", "--repeats", "1",
+                                   "--json", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["2"]
+    assert run["passed"] == 3 and run["failures"] == []
+
+
+# ------------------------------------------------------------------------------ gpu_round.py
+def test_gpu_round_main_runs_the_client_phase_on_cpu(tmp_path, capsys):
+    from transformers import LlamaConfig
+
+    from tests.conftest import TINY
+
+    LlamaConfig(**TINY).save_pretrained(tmp_path)
+    bench = load_script("gpu_round")
+    bench.main(["--device", "cpu", "--phase", "client", "--model-config", str(tmp_path / "config.json"),
+                "--batch-size", "2", "--seq-len", "8", "--local-steps", "2", "--accumulate", "1"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert result["phase"] == "client" and result["layers"] == 4  # 6 layers, adapter 2, beta 0.5
+    assert result["tokens"] == 2 * 1 * 2 * 8
+    assert finite_positive(result["seconds"]) and finite_positive(result["flops_per_token"])
+
+
+# ------------------------------------------------------------------------------ compare_algorithms.py
+def test_compare_algorithms_one_quick_fedbiot_run(tmp_path, monkeypatch):
+    """``train.py fit`` and ``train.py evaluate`` in their own processes, as the script runs them, on the
+    embedded model and data, shrunk to one round of one step and one scored test row."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    bench = load_script("compare_algorithms")
+    out = tmp_path / "compare"
+    quick = ["--federated.pre_alignment_rounds=0", "--federated.align_steps=1", "--data.max_public_examples=4",
+             "--data.batch_size=2", "--federated.client_accumulate_grad_batches=1",
+             "--trainer.accumulate_grad_batches=1", f"--data.cache_dir={tmp_path / 'datasets'}"]
+    assert bench.main(["--algorithms", "fedbiot", "--rounds", "1", "--local-steps", "1", "--eval-limit", "1",
+                       "--max-new-tokens", "2", "--out", str(out), *(f"--fit-arg={arg}" for arg in quick)]) == 0
+    (row,) = json.loads((out / "results.json").read_text())
+    assert row["algorithm"] == "fedbiot" and len(row["history"]) == 1
+    for key in ("adapemu_loss", "adapfu_loss", "wall_s", "bytes_per_round", "client_memory"):
+        assert finite_positive(row[key]), key
+    assert sorted(row["accuracy"]) == ["adapemu", "adapfu"] and all(0 <= a <= 1 for a in row["accuracy"].values())
+    assert "| fedbiot |" in (out / "table.md").read_text()
+    assert (out / "loss_vs_bytes.png").stat().st_size > 0
+
+
+def test_every_script_has_a_smoke_test():
+    tested = {"round_overhead", "generation_throughput", "tokenize_gsm8k", "humaneval_sandbox", "gpu_round",
+              "compare_algorithms"}
+    assert {p.stem for p in (ROOT / "benchmarks").glob("*.py")} == tested
