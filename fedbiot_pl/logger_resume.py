@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fedbiot_pl.checkpoint_integrity import local_checkpoint
 from fedbiot_pl.csv_logger import resume_version
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,11 @@ def evaluate_into_run(logger: Any, ckpt_path: str | Path | None, stage: str) -> 
     them), and no ``version_N`` folder appears for ``--ckpt_path last`` to mistake for a run. A
     checkpoint outside a run's ``checkpoints/`` folder leaves the logger as it is.
     """
-    if ckpt_path is None or str(ckpt_path) in ("last", "best", "hpc") or not _run_folder_logger(logger):
+    local = local_checkpoint(ckpt_path) if ckpt_path is not None else None  # no file: best, hpc, remote
+    if local is None or not _run_folder_logger(logger):
         return
-    path = Path(str(ckpt_path).removeprefix("file://")).resolve()
-    if path.parent.name == "checkpoints" and "://" not in str(ckpt_path).removeprefix("file://"):
+    path = local.resolve()
+    if path.parent.name == "checkpoints":
         # An absolute version: the loggers' log_dir is os.path.join(root_dir, version) = this folder.
         logger._version = str(path.parent.parent / "eval" / f"{stage}-{path.stem}")
 

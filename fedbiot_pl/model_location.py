@@ -8,6 +8,7 @@ takes, and it says what is wrong before transformers tries a path that does not 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fedbiot_pl.assets import EMBEDDED_PREFIX, resolve
 from fedbiot_pl.errors import MissingPathError
@@ -51,3 +52,22 @@ def unloadable(model: str, error: Exception) -> MissingPathError:
     that name, and the hub unreachable or without it)."""
     return MissingPathError(f"model={model!r} is no local folder and could not be loaded as a hub id "
                             f"({type(error).__name__}: {str(error).splitlines()[0]}); {MODEL_FORMS}.")
+
+
+def load_model_config(model: str) -> Any:
+    """The transformers config of ``model`` (a hub id, a model folder, a ``config.json`` file or an
+    ``embedded:`` name), read offline when it is local.
+
+    Raises:
+        MissingPathError: a local path that does not exist, or a hub id that cannot be loaded.
+        OSError: a local config that cannot be read or parsed (naming ``model``).
+    """
+    from transformers import AutoConfig
+
+    path = model_location(model)
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=os.path.exists(path))
+    except (OSError, ValueError) as error:
+        if not os.path.exists(path):
+            raise unloadable(model, error) from error
+        raise OSError(f"cannot load the model config of {model!r}: {error}") from None

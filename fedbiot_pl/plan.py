@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import inspect
 import json
-import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -31,7 +30,7 @@ from torch import nn
 
 from fedbiot_pl.algorithms import ALGORITHMS, algorithm_spec
 from fedbiot_pl.memory_estimate import client_peak_memory
-from fedbiot_pl.model_location import model_location
+from fedbiot_pl.model_location import load_model_config
 from fedbiot_pl.sampling import clients_per_round
 from fedbiot_pl.split import DTYPES, SplitModel
 
@@ -94,22 +93,6 @@ def _quiet() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def load_config(model: str) -> Any:
-    """The model config of a hub id, a model folder, a ``config.json`` path or an ``embedded:`` model.
-
-    Raises:
-        MissingPathError: a local-looking path (or ``embedded:`` name) that does not exist.
-        OSError: the config cannot be fetched or parsed (naming ``model``).
-    """
-    from transformers import AutoConfig
-
-    path = model_location(model)
-    try:
-        return AutoConfig.from_pretrained(path, local_files_only=os.path.exists(path))
-    except (OSError, ValueError) as error:
-        raise OSError(f"cannot load the model config of {model!r}: {error}") from None
-
-
 def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str = "fedbiot",
          micro_batch_tokens: int = 4000, **split_kwargs: Any) -> dict[str, Any]:
     """Split ``model`` on the meta device and return every planning figure as a JSON-able dict.
@@ -135,7 +118,7 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         raise ValueError(f"micro_batch_tokens must be >= 1, got {micro_batch_tokens}.")
     spec = algorithm_spec(algorithm)
     with _quiet():
-        config = load_config(model)
+        config = load_model_config(model)
         dtype = dtype or dtype_name(config)
         with torch.device("meta"):
             full = AutoModelForCausalLM.from_config(config)

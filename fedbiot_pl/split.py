@@ -29,7 +29,7 @@ from fedbiot_pl.algorithms import Algorithm, algorithm_spec
 from fedbiot_pl.assets import DEFAULT_MODEL
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.layer_drop import LayerLayout, layer_layout
-from fedbiot_pl.model_location import model_location, unloadable
+from fedbiot_pl.model_location import load_model_config, model_location
 from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, no_library_progress_bars
 
 Part = Literal["emulator", "adapter", "all"]
@@ -165,15 +165,7 @@ class SplitModel(nn.Module):
         return split
 
     def _load_config(self):
-        from transformers import AutoConfig
-
-        path = model_location(self.model_name)
-        try:
-            return AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
-        except OSError as error:
-            if os.path.exists(path):
-                raise
-            raise unloadable(self.model_name, error) from error
+        return load_model_config(self.model_name)
 
     def _check(self, config) -> LayerLayout:
         issues = []
