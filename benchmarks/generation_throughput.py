@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.modules import GenerationModule, GenerationSettings
 from fedbiot_pl.modules.generation_module import left_padded_batches
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 
 PROMPTS = ["Once upon a time", "Lily had a red ball", "The little dog ran to the park", "Tom and Sue",
            "One day, a bird", "The sun was hot and", "Max wanted to play", "In a small house there was"]

@@ -14,13 +14,13 @@ Each phase runs in a fresh process (its peak memory is its own):
   Trainer (``build_client_trainer``), after one untimed warm-up fit.
 * ``fedavg``: the same client fit on the FedAvg-LoRA split (the full model, LoRA on every layer).
 * ``server``: the server's alignment (normalised L2 + KL, only the emulator LoRA trains) through a
-  DeepSpeed engine made from :func:`fedbiot_pl.scaling.deepspeed_config` (ZeRO ``--zero-stage``), the
+  DeepSpeed engine made from :func:`fedbiot_pl.scaling.deepspeed.deepspeed_config` (ZeRO ``--zero-stage``), the
   model loaded partitioned as under ``FedBiOTDeepSpeed``; ``--align-steps`` timed steps after a warm-up.
 * ``round``: one whole round on the ZeRO server: ``--clients`` client fits inside
-  :func:`fedbiot_pl.scaling.compressed_model_gathered` (spread over the ranks under ``torchrun``),
+  :func:`fedbiot_pl.scaling.deepspeed.compressed_model_gathered` (spread over the ranks under ``torchrun``),
   FedAvg of the gathered uploads, then ``--align-steps`` alignment steps. Time per round.
 
-MFU = model FLOPs per token (:mod:`fedbiot_pl.flops`: forward through every layer run, input-gradient
+MFU = model FLOPs per token (:mod:`fedbiot_pl.scaling.flops`: forward through every layer run, input-gradient
 backward only from the loss down to the lowest trained layer, LoRA forward/backward, attention by the
 PaLM convention, no recomputation) x tokens/s / the GPU's dense bf16 peak. Tokens are every position
 of the random ``--batch-size`` x ``--seq-len`` batches (no padding). Precision is the toolkit's:
@@ -97,7 +97,7 @@ def random_full_model(config, device: torch.device):
 
 
 def split_of(full, args: argparse.Namespace, algorithm: str = "fedbiot"):
-    from fedbiot_pl.split import SplitModel
+    from fedbiot_pl.model.views import SplitModel
 
     return SplitModel.from_model(
         full, adapter_layers=args.adapter_layers, drop_rate=args.drop_rate, lora_r=args.lora_r, dtype="bfloat16",
@@ -152,7 +152,7 @@ def fit_client(split, args: argparse.Namespace, data: list[dict], device: torch.
     """One client fit through the toolkit's lean Trainer; returns its wall time (synchronised)."""
     from torch.utils.data import DataLoader
 
-    from fedbiot_pl.client_trainer import build_client_trainer, client_fit_context
+    from fedbiot_pl.federation.client_trainer import build_client_trainer, client_fit_context
     from fedbiot_pl.modules import AdapterFinetuneModule
 
     module = AdapterFinetuneModule(split, log_steps=False, proximal_weight=1.0 if split.algorithm == "fedbiot" else 0.0)
@@ -169,8 +169,8 @@ def fit_client(split, args: argparse.Namespace, data: list[dict], device: torch.
 def phase_client(args: argparse.Namespace, algorithm: str) -> dict:
     from torch import nn
 
-    from fedbiot_pl import flops
-    from fedbiot_pl.split import decoder_of
+    from fedbiot_pl.scaling import flops
+    from fedbiot_pl.model.views import decoder_of
 
     device = local_device(args)
     config = model_config(args)
@@ -203,7 +203,7 @@ def zero_engine(args: argparse.Namespace, device: torch.device):
     from transformers.integrations import HfDeepSpeedConfig
 
     from fedbiot_pl.modules import EmulatorAlignmentModule
-    from fedbiot_pl.scaling import deepspeed_config, zero3_loading_config
+    from fedbiot_pl.scaling.deepspeed import deepspeed_config, zero3_loading_config
 
     if device.type == "cpu":  # the CPU smoke test: gloo, without DeepSpeed's compiled shared-memory op
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -229,7 +229,7 @@ def align(engine, module, data: list[dict], device: torch.device) -> None:
 
 
 def alignment_flops(args: argparse.Namespace, split, config) -> int:
-    from fedbiot_pl import flops
+    from fedbiot_pl.scaling import flops
 
     layout, shape = split.layout, flops.decoder_shape(config)
     student, teacher = flops.alignment_plans(len(layout.compressed), len(layout.emulator), layout.num_full_layers, kl=True)
@@ -257,8 +257,8 @@ def phase_server(args: argparse.Namespace) -> dict:
 def phase_round(args: argparse.Namespace) -> dict:
     import torch.distributed as dist
 
-    from fedbiot_pl.client_placement import Upload, average_uploads, clients_of_rank, gather_uploads
-    from fedbiot_pl.scaling import compressed_model_gathered, lora_gathered
+    from fedbiot_pl.federation.placement import Upload, average_uploads, clients_of_rank, gather_uploads
+    from fedbiot_pl.scaling.deepspeed import compressed_model_gathered, lora_gathered
 
     device = local_device(args)
     reset_peak(device)
@@ -293,7 +293,7 @@ def phase_round(args: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------- report
 def table(results: dict[str, dict], args: argparse.Namespace, device_name: str, peak: float | None) -> str:
-    from fedbiot_pl.flops import mfu
+    from fedbiot_pl.scaling.flops import mfu
 
     def rate(r: dict) -> str:
         tps = r["tokens"] / r["seconds"]

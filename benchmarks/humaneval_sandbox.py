@@ -4,7 +4,7 @@
     python benchmarks/humaneval_sandbox.py --workers 1,2,4 --repeats 5 --json out.json
 
 Each repeat executes every problem's ``prompt + canonical_solution + test + check(entry_point)`` with
-:func:`fedbiot_pl.sandbox.check_completions`; the wall time of that call is the figure reported
+:func:`fedbiot_pl.evaluation.sandbox.check_completions`; the wall time of that call is the figure reported
 (median over repeats). Per-program wall times are recorded by wrapping ``sandbox.run_program``.
 Every program that does not pass is listed with its status and reason.
 """
@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedbiot_pl import sandbox
-from fedbiot_pl.sandbox import Language, Limits, check_completions, python_language
+from fedbiot_pl.evaluation import sandbox
+from fedbiot_pl.evaluation.sandbox import Language, Limits, check_completions, python_language
 
 DEFAULT_PROBLEMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
 

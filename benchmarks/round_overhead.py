@@ -1,7 +1,7 @@
 """Overhead of one FedBiOT round of the toolkit against a plain PyTorch loop doing the same work.
 
 Both paths train the same split model on the same pre-built batches with the same loss and the
-same optimizer, and aggregate with the same :func:`fedbiot_pl.aggregation.fedavg`:
+same optimizer, and aggregate with the same :func:`fedbiot_pl.federation.aggregation.fedavg`:
 
 * **toolkit**: the real :meth:`FederatedLoop.on_train_epoch_start` (sampling, broadcast + ledger,
   one fresh lean ``pl.Trainer`` + ``Trainer.fit`` of :class:`AdapterFinetuneModule` per client via
@@ -61,12 +61,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from fedbiot_pl.aggregation import fedavg
+from fedbiot_pl.federation.aggregation import fedavg
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.callbacks.federated_loop import FederatedLoop
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.modules.alignment_module import EmulatorAlignmentModule
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 
 # Random-init LLaMA presets (the shapes of the LlamaConfig); anything else is a model path/hub id.
 PRESETS: dict[str, dict[str, int]] = {

@@ -32,9 +32,9 @@ def one_run(data: str, tokenizer_dir: str, cache_dir: str, max_length: int) -> d
     import datasets
     from transformers import AutoTokenizer
 
-    from fedbiot_pl.data_pipeline import tokenize_dataset
-    from fedbiot_pl.data_sources import DataSource, check_source, load_source
-    from fedbiot_pl.tokenization import ensure_pad_token, tokenizer_fingerprint
+    from fedbiot_pl.data.pipeline import tokenize_dataset
+    from fedbiot_pl.data.sources import DataSource, check_source, load_source
+    from fedbiot_pl.data.tokenization import ensure_pad_token, tokenizer_fingerprint
 
     datasets.disable_progress_bars()
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 the clients that fail and rejecting the updates that are bad (mixed into :class:`FederatedLoop`).
 
 On several devices (one process per GPU) each rank fits its share of the sampled clients
-(:mod:`fedbiot_pl.client_placement`), the ranks exchange the outcomes, and every rank validates and
+(:mod:`fedbiot_pl.federation.placement`), the ranks exchange the outcomes, and every rank validates and
 averages the same uploads in the sampled order, so the global adapter is the same on every rank.
 """
 
@@ -17,14 +17,14 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from fedbiot_pl import fault_injection
-from fedbiot_pl.client_faults import RoundAttempt
-from fedbiot_pl.client_placement import client_seed, clients_of_rank, gather_by_client
-from fedbiot_pl.client_trainer import ClientDeadline, ClientTimeout, build_client_trainer, client_fit_context
-from fedbiot_pl.communication import CommLedger, encode_update
+from fedbiot_pl.testing import faults as fault_injection
+from fedbiot_pl.federation.attempts import RoundAttempt
+from fedbiot_pl.federation.placement import client_seed, clients_of_rank, gather_by_client
+from fedbiot_pl.federation.client_trainer import ClientDeadline, ClientTimeout, build_client_trainer, client_fit_context
+from fedbiot_pl.federation.messages import CommLedger, encode_update
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
-from fedbiot_pl.split import SplitModel
-from fedbiot_pl.update_validation import receive_update
+from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.federation.validation import receive_update
 
 log = logging.getLogger(__name__)
 

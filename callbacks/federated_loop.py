@@ -12,10 +12,10 @@ import lightning.pytorch as pl
 from lightning.pytorch import Callback
 from typing_extensions import override
 
-from fedbiot_pl import fault_injection
-from fedbiot_pl.aggregation import fedavg
+from fedbiot_pl.testing import faults as fault_injection
+from fedbiot_pl.federation.aggregation import fedavg
 from fedbiot_pl.algorithms import Algorithm, algorithm_issues, algorithm_spec
-from fedbiot_pl.client_faults import (
+from fedbiot_pl.federation.attempts import (
     RoundAttempt,
     TooFewClientsError,
     fault_setting_issues,
@@ -23,16 +23,16 @@ from fedbiot_pl.client_faults import (
     round_record,
     too_few_message,
 )
-from fedbiot_pl.communication import CommLedger
+from fedbiot_pl.federation.messages import CommLedger
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.export import export_adapters, write_text_atomic
-from fedbiot_pl.logger_resume import purge_events_from
+from fedbiot_pl.artifacts.export import export_adapters, write_text_atomic
+from fedbiot_pl.artifacts.logger_resume import purge_events_from
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
-from fedbiot_pl.resume_settings import DATA_KEY, SETTINGS_KEY, data_settings, run_settings
-from fedbiot_pl.rng_state import capture_rng, restore_rng
-from fedbiot_pl.sampling import clients_per_round, sample_clients
-from fedbiot_pl.scaling import client_phase, lora_gathered
-from fedbiot_pl.training_plot import plot_fit
+from fedbiot_pl.artifacts.resume_settings import DATA_KEY, SETTINGS_KEY, data_settings, run_settings
+from fedbiot_pl.federation.rng_state import capture_rng, restore_rng
+from fedbiot_pl.federation.sampling import clients_per_round, sample_clients
+from fedbiot_pl.scaling.deepspeed import client_phase, lora_gathered
+from fedbiot_pl.artifacts.training_plot import plot_fit
 
 from .client_rounds import ClientRounds
 
@@ -73,7 +73,7 @@ class FederatedLoop(ClientRounds, Callback):
     3. fits an :class:`AdapterFinetuneModule` per client for ``local_steps`` optimizer steps with a
        fresh lean Trainer (fresh optimizer, no logger, no checkpointing) on the client's data,
     4. receives each client's adapter LoRA as safetensors bytes and validates it
-       (:func:`~fedbiot_pl.update_validation.update_problem`),
+       (:func:`~fedbiot_pl.federation.validation.update_problem`),
     5. sets the adapter LoRA to the sample-weighted FedAvg of the accepted uploads,
 
     and the epoch itself then runs the server's alignment against the new adapter. The client
@@ -86,16 +86,16 @@ class FederatedLoop(ClientRounds, Callback):
     ``round/rejected``, ``ledger.uploads_rejected``) and listed with their reason in
     :attr:`history`; the round goes on with the rest. With fewer than ``min_clients`` accepted
     updates the round is retried (``on_too_few: retry``: up to ``max_round_retries`` more
-    attempts, attempt ``a`` sampling with :func:`~fedbiot_pl.sampling.sample_clients`'s
+    attempts, attempt ``a`` sampling with :func:`~fedbiot_pl.federation.sampling.sample_clients`'s
     ``attempt=a``, so retries stay deterministic) or the run stops with :class:`TooFewClientsError`.
 
     **Resume.** :meth:`state_dict` holds the ledger, the history, the last finished epoch, the
     sampling settings and the global random states (Python, NumPy, torch; LoRA dropout draws from
     torch's); Lightning's checkpoint adds the LoRA weights, the optimizer and the loops. On resume
     the random states are restored at the start of the next epoch, and loggers that can
-    (:class:`~fedbiot_pl.csv_logger.AtomicCSVLogger`) keep the rows up to the checkpoint's epoch,
+    (:class:`~fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger`) keep the rows up to the checkpoint's epoch,
     so a resumed run ends with the adapter and metrics of an uninterrupted one. Each checkpoint also
-    records the split and loop settings a resume must share (:mod:`fedbiot_pl.resume_settings`).
+    records the split and loop settings a resume must share (:mod:`fedbiot_pl.artifacts.resume_settings`).
     Round checkpoints are written when their epoch ends, after the epoch's validation (if the
     datamodule has a ``val_dataloader``), whatever ``check_val_every_n_epoch`` is.
 
@@ -105,8 +105,8 @@ class FederatedLoop(ClientRounds, Callback):
     ``comm/bytes_down``, ``comm/bytes_up`` (this round) and ``comm/total_bytes``; alignment
     metrics come from the module (``align/l2``, ``align/kl``). At the end of fit the final adapters
     are exported to ``<log_dir>/final_adapter`` and, with a CSV logger, ``training.png`` is drawn
-    next to its ``metrics.csv`` (:mod:`fedbiot_pl.training_plot`). A resumed TensorBoard logger
-    drops the events logged after the checkpoint (:func:`~fedbiot_pl.logger_resume.purge_events_from`).
+    next to its ``metrics.csv`` (:mod:`fedbiot_pl.artifacts.training_plot`). A resumed TensorBoard logger
+    drops the events logged after the checkpoint (:func:`~fedbiot_pl.artifacts.logger_resume.purge_events_from`).
 
     Args:
         algorithm: ``fedbiot``, ``offsite_tuning``, ``fedot``, ``fedavg_lora`` or ``fedprox``.

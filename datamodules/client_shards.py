@@ -7,9 +7,9 @@ from typing import Any
 import datasets
 import numpy as np
 
-from fedbiot_pl.data_sources import PRESET_CLIENT_KEY, DataSource, RecordSpec, source_client_keys
+from fedbiot_pl.data.sources import PRESET_CLIENT_KEY, DataSource, RecordSpec, source_client_keys
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.partition import dirichlet_partition, iid_partition, meta_partition, train_val_split
+from fedbiot_pl.data.partition import dirichlet_partition, iid_partition, meta_partition, train_val_split
 
 PARTITIONS = ("iid", "meta", "dirichlet")
 """The partition schemes."""

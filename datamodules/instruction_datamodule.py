@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typing_extensions import override
 
-from fedbiot_pl.data_pipeline import kept_mask, tokenize_dataset
-from fedbiot_pl.data_sources import DataSource, RecordSpec, check_source, load_source
+from fedbiot_pl.data.pipeline import kept_mask, tokenize_dataset
+from fedbiot_pl.data.sources import DataSource, RecordSpec, check_source, load_source
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.evaluation import read_eval_records
-from fedbiot_pl.evaluation_settings import DEFAULT_EVALUATION, EvaluationSettings, evaluation_batches
-from fedbiot_pl.model_location import model_location
-from fedbiot_pl.partition_report import PartitionTable, format_partition_table, partition_table, write_report
-from fedbiot_pl.tokenization import InstructionCollator, ensure_pad_token, tokenizer_fingerprint
+from fedbiot_pl.evaluation.generation import read_eval_records
+from fedbiot_pl.evaluation.settings import DEFAULT_EVALUATION, EvaluationSettings, evaluation_batches
+from fedbiot_pl.model.location import model_location
+from fedbiot_pl.data.partition_report import PartitionTable, format_partition_table, partition_table, write_report
+from fedbiot_pl.data.tokenization import InstructionCollator, ensure_pad_token, tokenizer_fingerprint
 
 from .client_shards import (
     argument_problems,
@@ -54,7 +54,7 @@ class FederatedInstructionDataModule(LightningDataModule):
     """Public alignment data for the server and partitioned private task data for the clients.
 
     Every row becomes an Alpaca prompt followed by its response (see
-    :func:`fedbiot_pl.data_pipeline.record_texts`), tokenised with the prompt masked out of the
+    :func:`fedbiot_pl.data.pipeline.record_texts`), tokenised with the prompt masked out of the
     labels; a ``datasets`` cache keyed on the data, tokenizer, template and ``max_length`` makes a
     second run skip the tokenising. Examples whose response is cut away entirely by ``max_length``
     are dropped and counted (:attr:`dropped`). Every data problem raises one error in

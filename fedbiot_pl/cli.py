@@ -32,12 +32,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.checkpoint_io import AtomicCheckpointIO
-from fedbiot_pl.client_faults import TooFewClientsError
-from fedbiot_pl.csv_logger import AtomicCSVLogger
+from fedbiot_pl.artifacts.checkpoint_io import AtomicCheckpointIO
+from fedbiot_pl.federation.attempts import TooFewClientsError
+from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.logger_resume import continue_run, evaluate_into_run
+from fedbiot_pl.artifacts.logger_resume import continue_run, evaluate_into_run
 from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.quiet import RESUME_WARNING, quiet_lightning_cli
 
@@ -91,8 +91,8 @@ class FedBiOTCLI(LightningCLI):
     @override
     def _parse_ckpt_path(self) -> None:
         """Lightning (2.5+) reads an explicit ``--ckpt_path`` file's hyper-parameters here: a damaged
-        file is named first (:func:`~fedbiot_pl.checkpoint_integrity.resume_path`)."""
-        from fedbiot_pl.checkpoint_integrity import resume_path
+        file is named first (:func:`~fedbiot_pl.artifacts.checkpoint_integrity.resume_path`)."""
+        from fedbiot_pl.artifacts.checkpoint_integrity import resume_path
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -142,8 +142,8 @@ class FedBiOTCLI(LightningCLI):
         if ckpt_path is None:
             return
         warnings.filterwarnings("ignore", message=RESUME_WARNING)  # the run's own checkpoint folder, again
-        from fedbiot_pl.checkpoint_integrity import checkpoint_folders, local_checkpoint, read_checkpoint, resume_path
-        from fedbiot_pl.resume_settings import check_resume_settings, data_settings, run_settings, warn_data_differences
+        from fedbiot_pl.artifacts.checkpoint_integrity import checkpoint_folders, local_checkpoint, read_checkpoint, resume_path
+        from fedbiot_pl.artifacts.resume_settings import check_resume_settings, data_settings, run_settings, warn_data_differences
 
         if ckpt_path == "last":  # an explicit path was checked in _parse_ckpt_path
             path = resume_path(ckpt_path, checkpoint_folders(self.trainer))
@@ -161,7 +161,7 @@ class FedBiOTCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         # Engine and precision settings this machine cannot run fail here, before any weights load.
-        from fedbiot_pl.scaling_checks import check_scaling
+        from fedbiot_pl.scaling.checks import check_scaling
 
         check_scaling(self.config[self.subcommand] if self.subcommand else self.config)
 

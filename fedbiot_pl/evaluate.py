@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from fedbiot_pl.evaluation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
-from fedbiot_pl.export import atomic_write
-from fedbiot_pl.model_location import model_location
+from fedbiot_pl.evaluation.generation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
+from fedbiot_pl.artifacts.export import atomic_write
+from fedbiot_pl.model.location import model_location
 from fedbiot_pl.modules.generation_module import GenerationSettings
 
 
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         from transformers import AutoTokenizer
 
-        from fedbiot_pl.run_artifacts import load_run_lora
-        from fedbiot_pl.split import SplitModel
+        from fedbiot_pl.artifacts.run_artifacts import load_run_lora
+        from fedbiot_pl.model.views import SplitModel
 
         run = Path(args.run)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -1,10 +1,10 @@
 """``fedbiot-plan``: what FedBiOT (or a baseline) costs, from the model's ``config.json`` alone.
 
 The full model is instantiated on the meta device (no weights, no memory), split and LoRA-injected
-by :class:`~fedbiot_pl.split.SplitModel` exactly as in training, and every figure is a ``numel()``
+by :class:`~fedbiot_pl.model.views.SplitModel` exactly as in training, and every figure is a ``numel()``
 of that model: layers kept, parameter counts, trainable LoRA on clients and server, and the bytes
 one round moves (LoRA as float32) plus the one-time download of the compressed base weights, and an
-estimate of a client's peak training memory (:mod:`fedbiot_pl.memory_estimate`). ``--compare`` puts
+estimate of a client's peak training memory (:mod:`fedbiot_pl.scaling.memory`). ``--compare`` puts
 every algorithm side by side::
 
     fedbiot-plan --model configs/models/llama2-7b --adapter-layers 2 --drop-rate 0.2 --lora-r 8
@@ -29,10 +29,10 @@ import yaml
 from torch import nn
 
 from fedbiot_pl.algorithms import ALGORITHMS, algorithm_spec
-from fedbiot_pl.memory_estimate import client_peak_memory
-from fedbiot_pl.model_location import load_model_config
-from fedbiot_pl.sampling import clients_per_round
-from fedbiot_pl.split import DTYPES, SplitModel
+from fedbiot_pl.scaling.memory import client_peak_memory
+from fedbiot_pl.model.location import load_model_config
+from fedbiot_pl.federation.sampling import clients_per_round
+from fedbiot_pl.model.views import DTYPES, SplitModel
 
 LORA_BYTES = 4  # LoRA weights travel as float32
 SPLIT_KEYS = ("adapter_layers", "drop_rate", "bottom_adapter_layers", "lora_r", "lora_alpha", "lora_targets")
@@ -214,7 +214,7 @@ def render_comparison(plans: list[dict[str, Any]]) -> str:
     m = plans[0]["model"]
     rows.append(
         f"\n{m['name']}: {full:,} parameters ({m['dtype']}); LoRA travels as float32; peak memory for "
-        f"{plans[0]['client_peak_memory']['micro_batch_tokens']:,} tokens a micro-batch (fedbiot_pl.memory_estimate)."
+        f"{plans[0]['client_peak_memory']['micro_batch_tokens']:,} tokens a micro-batch (fedbiot_pl.scaling.memory)."
     )
     return "\n".join(rows)
 

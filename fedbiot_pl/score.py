@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedbiot_pl.math_answers import extract_gold
-from fedbiot_pl.metrics import ExactMatch, GSM8KAccuracy, PassAtK, RougeL, TokenF1
-from fedbiot_pl.sandbox import Limits
+from fedbiot_pl.evaluation.math_answers import extract_gold
+from fedbiot_pl.evaluation.metrics import ExactMatch, GSM8KAccuracy, PassAtK, RougeL, TokenF1
+from fedbiot_pl.evaluation.sandbox import Limits
 
 TASKS = ("humaneval", "gsm8k", "dolly")
 TEXT_TASKS = {"gsm8k": ("answer", "question"), "dolly": ("response", "instruction")}

@@ -8,9 +8,9 @@ from typing_extensions import override
 
 from fedbiot_pl.algorithms import ProximalKind
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.losses import lora_param_proximal, lora_proximal
+from fedbiot_pl.model.losses import lora_param_proximal, lora_proximal
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 
 
 class AdapterFinetuneModule(LoRAPartModule):

@@ -6,11 +6,11 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from fedbiot_pl.capture import capture_output, run_until_stopped
+from fedbiot_pl.model.capture import capture_output, run_until_stopped
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.losses import causal_lm_ce, kl_teacher_student, normalized_l2
+from fedbiot_pl.model.losses import causal_lm_ce, kl_teacher_student, normalized_l2
 from fedbiot_pl.modules.evaluation_steps import SplitEvaluationModule
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 
 
 class EmulatorAlignmentModule(SplitEvaluationModule):

@@ -11,14 +11,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from fedbiot_pl import evaluation  # as a module: fedbiot_pl.evaluation imports this package
+from fedbiot_pl.evaluation import generation as evaluation  # as a module: fedbiot_pl.evaluation.generation imports this package
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.export import write_text_atomic
-from fedbiot_pl.losses import causal_lm_ce
+from fedbiot_pl.artifacts.export import write_text_atomic
+from fedbiot_pl.model.losses import causal_lm_ce
 from fedbiot_pl.modules.generation_module import GenerationModule, Variant
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule, lora_only
-from fedbiot_pl.rng_state import capture_rng, restore_rng
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.federation.rng_state import capture_rng, restore_rng
+from fedbiot_pl.model.views import SplitModel
 
 VARIANTS: tuple[Variant, ...] = ("adapfu", "adapemu")
 
@@ -34,7 +34,7 @@ class SplitEvaluationModule(LoRAPartModule):
     ``val/adapemu_loss``.
 
     **Test**: the datamodule's ``evaluation`` task (an
-    :class:`~fedbiot_pl.evaluation_settings.EvaluationSettings`, e.g. GSM8K accuracy, pass@k, QA
+    :class:`~fedbiot_pl.evaluation.settings.EvaluationSettings`, e.g. GSM8K accuracy, pass@k, QA
     overlap) with the code and torchmetrics of ``train.py evaluate``, so both give the same numbers
     on the same checkpoint: ``test/<task>/<variant>/<metric>``, and the predictions in
     ``<log_dir>/test-<task>-<variant>.predictions.jsonl``. Sampling restarts from the

@@ -11,8 +11,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.split import SplitModel
-from fedbiot_pl.tokenization import GenerationCollator, encode_prompt
+from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.data.tokenization import GenerationCollator, encode_prompt
 
 Variant = Literal["adapfu", "adapemu"]
 

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.quiet import EVAL_MODE_WARNING, expected_warnings
-from fedbiot_pl.split import Part, SplitModel
+from fedbiot_pl.model.views import Part, SplitModel
 
 CHECKPOINT_PREFIX = "split.compressed."
 

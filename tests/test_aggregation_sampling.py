@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from fedbiot_pl.aggregation import fedavg
-from fedbiot_pl.communication import CommLedger, payload_bytes
-from fedbiot_pl.sampling import clients_per_round, sample_clients
+from fedbiot_pl.federation.aggregation import fedavg
+from fedbiot_pl.federation.messages import CommLedger, payload_bytes
+from fedbiot_pl.federation.sampling import clients_per_round, sample_clients
 
 
 def test_fedavg_is_the_weighted_mean():

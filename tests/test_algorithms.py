@@ -7,10 +7,10 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 
 from fedbiot_pl.algorithms import ALGORITHMS, algorithm_issues, algorithm_spec
 from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.layer_drop import layer_layout
-from fedbiot_pl.losses import lora_param_proximal
+from fedbiot_pl.model.layer_drop import layer_layout
+from fedbiot_pl.model.losses import lora_param_proximal
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 

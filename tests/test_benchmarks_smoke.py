@@ -153,7 +153,7 @@ def test_tokenize_gsm8k_defaults_point_at_the_shared_data():
 @pytest.fixture
 def humaneval_sandbox(monkeypatch, private_tmp) -> ModuleType:
     """The script, with sandbox uids no other test session uses (as in test_sandbox.py)."""
-    from fedbiot_pl import sandbox
+    from fedbiot_pl.evaluation import sandbox
 
     monkeypatch.setattr(sandbox, "UID_BASE", 1_000_000 + random.randrange(0, 1_000_000, sandbox.UID_SLOTS))
     return load_script("humaneval_sandbox")

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedbiot_pl.checkpoint_integrity import (
+from fedbiot_pl.artifacts.checkpoint_integrity import (
     DamagedCheckpointError,
     checkpoint_problem,
     newest_intact,
     resume_path,
 )
-from fedbiot_pl.checkpoint_io import AtomicCheckpointIO
+from fedbiot_pl.artifacts.checkpoint_io import AtomicCheckpointIO
 from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.fault_injection import ENV, InjectedCrash
+from fedbiot_pl.testing.faults import ENV, InjectedCrash
 
 
 def save(folder: Path, name: str, epoch: int, value: float = 1.0) -> Path:

@@ -32,8 +32,8 @@ def test_cli_defaults_write_atomically_and_resume_in_place(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(DEFAULT_CONFIG), "--print_config"])
     printed = capsys.readouterr().out
-    assert "class_path: fedbiot_pl.checkpoint_io.AtomicCheckpointIO" in printed
-    assert "class_path: fedbiot_pl.csv_logger.AtomicCSVLogger" in printed
+    assert "class_path: fedbiot_pl.artifacts.checkpoint_io.AtomicCheckpointIO" in printed
+    assert "class_path: fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger" in printed
     assert "enable_version_counter: false" in printed  # a resumed round rewrites round-epoch=N.ckpt, no -v1
     for setting in ("min_clients: 1", "on_too_few: stop", "max_round_retries: 2", "client_time_limit: null",
                     "max_update_norm: null"):

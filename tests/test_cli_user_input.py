@@ -14,7 +14,7 @@ import yaml
 
 from fedbiot_pl.cli import DEFAULT_CONFIG, TRACEBACK_ENV, main, with_default_config
 from fedbiot_pl.errors import ConfigError, MissingPathError
-from fedbiot_pl.model_location import model_location
+from fedbiot_pl.model.location import model_location
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--federated.rounds", "1", "--federated.pre_alignment_rounds", "1", "--federated.local_steps", "1",
@@ -160,7 +160,7 @@ def test_model_location_forms(tmp_path, monkeypatch):
 def test_a_hub_id_transformers_cannot_load_is_named_with_the_accepted_forms(monkeypatch):
     from transformers import AutoConfig
 
-    from fedbiot_pl.split import SplitModel
+    from fedbiot_pl.model.views import SplitModel
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nmore")

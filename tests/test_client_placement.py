@@ -8,8 +8,8 @@ import socket
 import pytest
 import torch
 
-from fedbiot_pl.aggregation import fedavg
-from fedbiot_pl.client_placement import (
+from fedbiot_pl.federation.aggregation import fedavg
+from fedbiot_pl.federation.placement import (
     Upload,
     assign_clients,
     average_uploads,

@@ -3,7 +3,7 @@ import logging
 import torch
 from lightning.pytorch.trainer.connectors import callback_connector
 
-from fedbiot_pl.client_trainer import KeepOnDeviceStrategy, build_client_trainer, client_fit_context
+from fedbiot_pl.federation.client_trainer import KeepOnDeviceStrategy, build_client_trainer, client_fit_context
 
 
 def test_client_fit_context_is_scoped_and_restores_everything():

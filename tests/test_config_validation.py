@@ -5,8 +5,8 @@ import pytest
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
-from fedbiot_pl.fault_injection import parse_faults
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.testing.faults import parse_faults
+from fedbiot_pl.model.views import SplitModel
 from tests.test_federated_loop import make_module, server_trainer
 from tests.toy_data import ToyFederatedData
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedbiot_pl import partition_report
-from fedbiot_pl.partition_report import (
+from fedbiot_pl.data import partition_report
+from fedbiot_pl.data.partition_report import (
     ClientRow,
     format_partition_table,
     partition_table,

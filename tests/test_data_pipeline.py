@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fedbiot_pl import data_pipeline
+from fedbiot_pl.data import pipeline as data_pipeline
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.data_pipeline import record_texts, tokenization_fingerprint, tokenize_dataset
-from fedbiot_pl.data_sources import DataSource, RecordSpec, check_source, load_source
-from fedbiot_pl.prompts import format_prompt
-from fedbiot_pl.tokenization import ensure_pad_token, tokenize_example
+from fedbiot_pl.data.pipeline import record_texts, tokenization_fingerprint, tokenize_dataset
+from fedbiot_pl.data.sources import DataSource, RecordSpec, check_source, load_source
+from fedbiot_pl.data.prompts import format_prompt
+from fedbiot_pl.data.tokenization import ensure_pad_token, tokenize_example
 
 TOKENIZER_DIR = resolve("embedded:models/stories260K")
 GSM8K = RecordSpec("gsm8k", {"instruction": "question", "input": None, "output": "answer"})

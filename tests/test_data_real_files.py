@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fedbiot_pl.data_sources import DataSource, check_source, load_source, source_client_keys
+from fedbiot_pl.data.sources import DataSource, check_source, load_source, source_client_keys
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
-from fedbiot_pl.partition import meta_partition
+from fedbiot_pl.data.partition import meta_partition
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared data sets are not at {SHARED}")

@@ -10,8 +10,8 @@ from typing import Any
 import datasets
 import pytest
 
-from fedbiot_pl import data_sources
-from fedbiot_pl.data_sources import (
+from fedbiot_pl.data import sources as data_sources
+from fedbiot_pl.data.sources import (
     DataSource,
     check_source,
     detect_format,

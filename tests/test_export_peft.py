@@ -7,7 +7,7 @@ from peft import AutoPeftModelForCausalLM
 
 from fedbiot_pl import SplitModel
 from fedbiot_pl.assets import DEFAULT_MODEL, resolve
-from fedbiot_pl.export import export_adapters
+from fedbiot_pl.artifacts.export import export_adapters
 
 
 def test_exported_adapfu_loads_with_auto_peft_and_matches_adapfu_logits(tmp_path):

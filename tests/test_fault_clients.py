@@ -8,9 +8,9 @@ import torch
 
 import fedbiot_pl.callbacks.federated_loop as loop_module
 from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.client_faults import TooFewClientsError
-from fedbiot_pl.fault_injection import ENV
-from fedbiot_pl.sampling import sample_clients
+from fedbiot_pl.federation.attempts import TooFewClientsError
+from fedbiot_pl.testing.faults import ENV
+from fedbiot_pl.federation.sampling import sample_clients
 from tests.test_federated_loop import LORA_PER_LAYER, make_module, server_trainer
 from tests.test_reliability_resume import one_thread  # noqa: F401  (an autouse fixture)
 from tests.toy_data import ToyFederatedData

@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import fedbiot_pl.callbacks.federated_loop as loop_module
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 from tests.toy_data import ToyFederatedData
 
 # stories260K: q_proj 64->64 and v_proj 64->32 (4 KV heads x 8), r = 8

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fedbiot_pl import flops
+from fedbiot_pl.scaling import flops
 
 ROOT = Path(__file__).resolve().parents[1]
 # hidden 8, intermediate 16, 2 heads, 1 kv head (kv_dim 4), vocab 10

@@ -3,12 +3,12 @@ import torch
 from transformers import AutoTokenizer
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.eval_prompts import GSM8K_DEMOS, clean_code, code_prompt, gsm8k_prompt, strip_chat_tail
-from fedbiot_pl.evaluation import build_prompts, generate, read_eval_records
+from fedbiot_pl.evaluation.prompts import GSM8K_DEMOS, clean_code, code_prompt, gsm8k_prompt, strip_chat_tail
+from fedbiot_pl.evaluation.generation import build_prompts, generate, read_eval_records
 from fedbiot_pl.modules import GenerationModule, GenerationSettings
 from fedbiot_pl.modules.generation_module import left_padded_batches
-from fedbiot_pl.run_artifacts import load_run_lora
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.artifacts.run_artifacts import load_run_lora
+from fedbiot_pl.model.views import SplitModel
 from tests.conftest import tiny_llama
 
 
@@ -99,7 +99,7 @@ def test_eval_records_and_prompts_and_bad_rows(tmp_path):
 
 
 def test_run_lora_round_trip_from_export_and_errors(tmp_path, stories):
-    from fedbiot_pl.export import export_adapters
+    from fedbiot_pl.artifacts.export import export_adapters
 
     split, _ = stories
     export_adapters(split, tmp_path / "final_adapter")
@@ -113,8 +113,8 @@ def test_run_lora_round_trip_from_export_and_errors(tmp_path, stories):
 def test_choice_logliks_equal_a_hand_sum_and_mc_accuracy(tmp_path, stories):
     import json
 
-    from fedbiot_pl.evaluation import choice_logliks, evaluate_split
-    from fedbiot_pl.tokenization import encode_prompt
+    from fedbiot_pl.evaluation.generation import choice_logliks, evaluate_split
+    from fedbiot_pl.data.tokenization import encode_prompt
 
     split, tokenizer = stories
     split.eval()

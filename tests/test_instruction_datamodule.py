@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.data_sources import DataSource
+from fedbiot_pl.data.sources import DataSource
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
-from fedbiot_pl.prompts import format_prompt, gsm8k_to_instruction
-from fedbiot_pl.tokenization import IGNORE_INDEX
+from fedbiot_pl.data.prompts import format_prompt, gsm8k_to_instruction
+from fedbiot_pl.data.tokenization import IGNORE_INDEX
 
 EOS = 2
 

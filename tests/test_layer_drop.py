@@ -1,6 +1,6 @@
 import pytest
 
-from fedbiot_pl.layer_drop import layer_layout, uniform_keep
+from fedbiot_pl.model.layer_drop import layer_layout, uniform_keep
 
 
 def test_llama2_7b_adapter2_beta02_matches_reference_table():

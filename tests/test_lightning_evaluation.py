@@ -21,12 +21,12 @@ from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluate import main as evaluate
 from fedbiot_pl.evaluate import run_split_args
-from fedbiot_pl.evaluation import evaluate_split, read_eval_records
-from fedbiot_pl.evaluation_settings import EvaluationSettings
-from fedbiot_pl.metrics import rouge_l
+from fedbiot_pl.evaluation.generation import evaluate_split, read_eval_records
+from fedbiot_pl.evaluation.settings import EvaluationSettings
+from fedbiot_pl.evaluation.metrics import rouge_l
 from fedbiot_pl.modules import EmulatorAlignmentModule, GenerationSettings
-from fedbiot_pl.run_artifacts import load_run_lora
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.artifacts.run_artifacts import load_run_lora
+from fedbiot_pl.model.views import SplitModel
 from tests.toy_data import ToyFederatedData, counting_batch
 
 DOLLY = "embedded:data/dolly/dolly_sample.jsonl"
@@ -204,7 +204,7 @@ def test_validate_without_held_out_rows_names_val_fraction(tmp_path):
 
 
 def test_the_evaluate_entry_point_imports_on_its_own():
-    # fedbiot_pl.evaluation (imported first by fedbiot-evaluate) and fedbiot_pl.modules import each other
+    # fedbiot_pl.evaluation.generation (imported first by fedbiot-evaluate) and fedbiot_pl.modules import each other
     done = subprocess.run([sys.executable, "-c", "import fedbiot_pl.evaluate"], check=False, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]

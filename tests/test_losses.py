@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from fedbiot_pl.losses import kl_teacher_student, lora_delta_sq, lora_proximal, normalized_l2
+from fedbiot_pl.model.losses import kl_teacher_student, lora_delta_sq, lora_proximal, normalized_l2
 
 
 def test_normalized_l2_hand_computed():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedbiot_pl.math_answers import extract_gold, extract_prediction, is_correct
+from fedbiot_pl.evaluation.math_answers import extract_gold, extract_prediction, is_correct
 
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 

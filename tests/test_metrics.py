@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchmetrics import Metric
 
-from fedbiot_pl.metrics import (
+from fedbiot_pl.evaluation.metrics import (
     ExactMatch,
     GSM8KAccuracy,
     MultipleChoiceAccuracy,
@@ -17,7 +17,7 @@ from fedbiot_pl.metrics import (
     rouge_l,
     token_f1,
 )
-from fedbiot_pl.sandbox import Limits
+from fedbiot_pl.evaluation.sandbox import Limits
 
 ADD = {
     "prompt": "def add(a, b):\n",

@@ -3,9 +3,9 @@ import copy
 import lightning as L
 import torch
 
-from fedbiot_pl.losses import kl_teacher_student, normalized_l2
+from fedbiot_pl.model.losses import kl_teacher_student, normalized_l2
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 
@@ -112,7 +112,7 @@ def test_proximal_term_has_the_hand_computed_gradient():
     a0, b0 = a.detach().clone(), b.detach().clone()
     with torch.no_grad():
         b.add_(0.05)
-    from fedbiot_pl.losses import lora_proximal
+    from fedbiot_pl.model.losses import lora_proximal
 
     lora_proximal(module._anchor).backward()
     delta = scaling * (b @ a - b0 @ a0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedbiot_pl.partition import (
+from fedbiot_pl.data.partition import (
     bucket_values,
     dirichlet_partition,
     group_by_key,

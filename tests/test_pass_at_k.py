@@ -7,7 +7,7 @@ from math import comb
 
 import pytest
 
-from fedbiot_pl.pass_at_k import mean_pass_at_k, pass_at_k
+from fedbiot_pl.evaluation.pass_at_k import mean_pass_at_k, pass_at_k
 
 
 def closed_form(n: int, c: int, k: int) -> Fraction:

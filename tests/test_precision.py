@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 from tests.conftest import tiny_llama
 
 SPLIT = {"adapter_layers": 2, "drop_rate": 0.5, "lora_dropout": 0.0}

@@ -9,14 +9,14 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.prompts import (
+from fedbiot_pl.data.prompts import (
     format_prompt,
     gsm8k_to_instruction,
     instruction_language,
     strip_calculator_annotations,
     strip_no_break_spaces,
 )
-from fedbiot_pl.tokenization import (
+from fedbiot_pl.data.tokenization import (
     IGNORE_INDEX,
     GenerationCollator,
     InstructionCollator,

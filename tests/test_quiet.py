@@ -9,7 +9,7 @@ from transformers.utils import logging as transformers_logging
 
 from fedbiot_pl.modules import AdapterFinetuneModule
 from fedbiot_pl.quiet import EVAL_MODE_WARNING, expected_warnings, no_library_progress_bars
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedbiot_pl.fault_injection import ENV
+from fedbiot_pl.testing.faults import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE, ROUNDS, CLIENTS, STEPS = 1, 3, 3, 2  # epochs 0..3; 2 client and 2 alignment batches each

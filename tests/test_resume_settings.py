@@ -11,7 +11,7 @@ import torch
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.resume_settings import (
+from fedbiot_pl.artifacts.resume_settings import (
     NOT_USED,
     SETTINGS_KEY,
     SettingsMismatchError,
@@ -20,7 +20,7 @@ from fedbiot_pl.resume_settings import (
     run_settings,
     settings_differences,
 )
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 
 STORIES = "embedded:models/stories260K"
 
@@ -133,7 +133,7 @@ def test_cli_resume_with_another_split_is_refused_and_with_more_rounds_continues
 
 
 def test_a_local_model_is_recorded_by_its_real_path(tmp_path, monkeypatch):
-    from fedbiot_pl.resume_settings import model_identity
+    from fedbiot_pl.artifacts.resume_settings import model_identity
 
     (tmp_path / "m").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -144,7 +144,7 @@ def test_a_local_model_is_recorded_by_its_real_path(tmp_path, monkeypatch):
 
 def test_other_data_settings_only_warn_naming_each(caplog):
     from fedbiot_pl.datamodules import FederatedInstructionDataModule
-    from fedbiot_pl.resume_settings import DATA_KEY, data_settings, warn_data_differences
+    from fedbiot_pl.artifacts.resume_settings import DATA_KEY, data_settings, warn_data_differences
 
     before = data_settings(FederatedInstructionDataModule(num_clients=3, val_fraction=0.0, seed=1))
     assert before == {"data.num_clients": 3, "data.partition": "iid", "data.partition_key": None,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedbiot_pl import sandbox
-from fedbiot_pl.sandbox import ExecutionResult, Limits, check_completions, run_program, run_programs
+from fedbiot_pl.evaluation import sandbox
+from fedbiot_pl.evaluation.sandbox import ExecutionResult, Limits, check_completions, run_program, run_programs
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="dropping to an unprivileged uid needs root")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from fedbiot_pl import sandbox
-from fedbiot_pl.sandbox import Limits
+from fedbiot_pl.evaluation import sandbox
+from fedbiot_pl.evaluation.sandbox import Limits
 from tests.test_sandbox import PROBLEM, SYSTEM_PYTHON, needs_root, private_host  # noqa: F401 - autouse fixture
 
 GOOD, RAISING = "    return a + b\n", "    raise KeyError(f'no sum of {a} and {b}')\n"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.scaling import LORA_CHECKPOINT_KEY, client_phase, deepspeed_config, zero3_loading_config
-from fedbiot_pl.scaling_checks import INSTALL_HINT, check_scaling, deepspeed_available, scaling_issues, uses_deepspeed
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.scaling.deepspeed import LORA_CHECKPOINT_KEY, client_phase, deepspeed_config, zero3_loading_config
+from fedbiot_pl.scaling.checks import INSTALL_HINT, check_scaling, deepspeed_available, scaling_issues, uses_deepspeed
+from fedbiot_pl.model.views import SplitModel
 from tests.conftest import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_zero3_loading_config_names_the_weights_dtype_without_touching_the_engin
 def test_strategy_and_precision_plugin_are_built_as_configured():
     from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 
-    from fedbiot_pl.scaling import FedBiOTDeepSpeed
+    from fedbiot_pl.scaling.deepspeed import FedBiOTDeepSpeed
 
     strategy = FedBiOTDeepSpeed(stage=3, offload_optimizer=True, prefetch_bucket_size=123)
     assert strategy.config == deepspeed_config(3, offload_optimizer=True, prefetch_bucket_size=123)
@@ -91,7 +91,7 @@ def test_strategy_and_precision_plugin_are_built_as_configured():
 def test_strategy_refuses_a_precision_that_would_cast_the_lora(monkeypatch):
     from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 
-    from fedbiot_pl.scaling import FedBiOTDeepSpeed
+    from fedbiot_pl.scaling.deepspeed import FedBiOTDeepSpeed
 
     strategy = FedBiOTDeepSpeed(stage=2)
     strategy.precision_plugin = DeepSpeedPrecision("bf16-mixed")
@@ -103,7 +103,7 @@ def test_strategy_refuses_a_precision_that_would_cast_the_lora(monkeypatch):
 def test_yaml_recipe_builds_the_strategy(monkeypatch):
     from fedbiot_pl.cli import TRAINER_DEFAULTS, FedBiOTCLI
     from fedbiot_pl.datamodules import FederatedInstructionDataModule
-    from fedbiot_pl.scaling import FedBiOTDeepSpeed
+    from fedbiot_pl.scaling.deepspeed import FedBiOTDeepSpeed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the start-up check passes as on a GPU node
     cli = FedBiOTCLI(
@@ -124,7 +124,7 @@ def test_yaml_recipe_builds_the_strategy(monkeypatch):
 
 @needs_deepspeed
 def test_deepspeed_checkpoints_carry_the_lora_and_restore_it():
-    from fedbiot_pl.scaling import FedBiOTDeepSpeed
+    from fedbiot_pl.scaling.deepspeed import FedBiOTDeepSpeed
 
     class Engine:  # stands in for deepspeed.DeepSpeedEngine.save_checkpoint
         def save_checkpoint(self, path, client_state, tag, exclude_frozen_parameters):

@@ -14,7 +14,7 @@ import socket
 import pytest
 import torch
 
-from fedbiot_pl.scaling_checks import deepspeed_available
+from fedbiot_pl.scaling.checks import deepspeed_available
 from tests.conftest import padded_batch
 
 pytestmark = [
@@ -34,8 +34,8 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
 def _split(zero3_config=None):
     from transformers.integrations import HfDeepSpeedConfig
 
-    from fedbiot_pl.scaling import zero3_loading_config
-    from fedbiot_pl.split import SplitModel
+    from fedbiot_pl.scaling.deepspeed import zero3_loading_config
+    from fedbiot_pl.model.views import SplitModel
 
     keep = HfDeepSpeedConfig(zero3_loading_config(zero3_config, torch.bfloat16)) if zero3_config else None
     split = SplitModel(MODEL, **SPLIT).build()
@@ -50,8 +50,8 @@ def _split(zero3_config=None):
 def _fit_clients(split, clients, round_batches):
     from torch.utils.data import DataLoader
 
-    from fedbiot_pl.client_placement import Upload
-    from fedbiot_pl.client_trainer import build_client_trainer, client_fit_context
+    from fedbiot_pl.federation.placement import Upload
+    from fedbiot_pl.federation.client_trainer import build_client_trainer, client_fit_context
     from fedbiot_pl.modules import AdapterFinetuneModule
 
     client = AdapterFinetuneModule(split, log_steps=False, lr=1e-2, proximal_weight=1.0)
@@ -72,9 +72,9 @@ def _worker(rank: int, port: int) -> None:
     torch.set_num_threads(1)
     import deepspeed
 
-    from fedbiot_pl.client_placement import average_uploads, clients_of_rank, gather_uploads
+    from fedbiot_pl.federation.placement import average_uploads, clients_of_rank, gather_uploads
     from fedbiot_pl.modules import EmulatorAlignmentModule
-    from fedbiot_pl.scaling import compressed_model_gathered, deepspeed_config, lora_gathered
+    from fedbiot_pl.scaling.deepspeed import compressed_model_gathered, deepspeed_config, lora_gathered
 
     # DeepSpeed's shared-memory all-reduce for CPUs is a C++ extension compiled on first use (minutes
     # on a fresh machine); gloo does the same job here.

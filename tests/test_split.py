@@ -5,7 +5,7 @@ import torch
 from peft import get_peft_model_state_dict
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from fedbiot_pl.split import SplitModel, decoder_of
+from fedbiot_pl.model.views import SplitModel, decoder_of
 from tests.conftest import TINY_FAMILIES, tiny_llama
 
 

@@ -16,13 +16,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.csv_logger import AtomicCSVLogger
+from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger
 from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
-from fedbiot_pl.fault_injection import ENV, InjectedCrash
-from fedbiot_pl.logger_resume import continue_run
+from fedbiot_pl.testing.faults import ENV, InjectedCrash
+from fedbiot_pl.artifacts.logger_resume import continue_run
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.split import SplitModel
-from fedbiot_pl.training_plot import read_metrics, training_series
+from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.artifacts.training_plot import read_metrics, training_series
 from tests.toy_data import ToyFederatedData
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
@@ -108,7 +108,7 @@ def test_end_of_fit_draws_training_png_next_to_metrics_csv(both):
 
 
 def test_resumed_tensorboard_run_continues_in_place_without_the_interrupted_epoch(tmp_path, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="fedbiot_pl.training_plot")
+    caplog.set_level(logging.INFO, logger="fedbiot_pl.artifacts.training_plot")
     reference_loop = fit(tmp_path / "reference", [TensorBoardLogger(tmp_path / "reference", name="tb")],
                          align_steps=2)
     expected = scalars(tmp_path / "reference" / "tb" / "version_0", skip=("hp_metric", "round/client_seconds"))
@@ -157,7 +157,7 @@ def test_continue_run_picks_the_checkpoints_run_folder(tmp_path):
 def test_only_loggers_that_keep_the_folders_rows_continue_it(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
-    from fedbiot_pl.csv_logger import AtomicCSVLogger
+    from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger
 
     (tmp_path / "run" / "version_0" / "checkpoints").mkdir(parents=True)
     plain = CSVLogger(tmp_path, name="run")  # Lightning's: would delete the folder's metrics.csv
@@ -171,7 +171,7 @@ def test_only_loggers_that_keep_the_folders_rows_continue_it(tmp_path):
 def test_evaluations_of_a_round_checkpoint_log_below_its_run(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
-    from fedbiot_pl.logger_resume import evaluate_into_run
+    from fedbiot_pl.artifacts.logger_resume import evaluate_into_run
 
     (tmp_path / "run" / "version_2" / "checkpoints").mkdir(parents=True)
     ckpt = tmp_path / "run" / "version_2" / "checkpoints" / "round-epoch=3.ckpt"
@@ -187,7 +187,7 @@ def test_evaluations_of_a_round_checkpoint_log_below_its_run(tmp_path):
 
 
 def test_last_skips_newer_folders_without_a_checkpoint(tmp_path, caplog):
-    from fedbiot_pl.csv_logger import resume_version
+    from fedbiot_pl.artifacts.csv_logger import resume_version
 
     assert resume_version(tmp_path, "last") is None  # nothing yet: a new run
     (tmp_path / "version_0" / "checkpoints").mkdir(parents=True)

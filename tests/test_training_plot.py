@@ -1,13 +1,13 @@
 """training.png: per-epoch series read from a hand-made metrics.csv, the figure drawn from them, and
-the `python -m fedbiot_pl.training_plot` command (the end-of-fit hook: test_tensorboard_logger.py)."""
+the `python -m fedbiot_pl.artifacts.training_plot` command (the end-of-fit hook: test_tensorboard_logger.py)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from fedbiot_pl import training_plot
-from fedbiot_pl.training_plot import draw_training, main, read_metrics, training_series, write_training_plot
+from fedbiot_pl.artifacts import training_plot
+from fedbiot_pl.artifacts.training_plot import draw_training, main, read_metrics, training_series, write_training_plot
 
 NAN = math.nan
 # Two pre-alignment epochs (0, 1), then rounds 0-2 (epochs 2-4). Two alignment steps per epoch except

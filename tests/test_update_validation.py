@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from fedbiot_pl.communication import CommLedger, decode_update, encode_update
-from fedbiot_pl.fault_injection import corrupt_update
-from fedbiot_pl.update_validation import update_norm, update_problem
+from fedbiot_pl.federation.messages import CommLedger, decode_update, encode_update
+from fedbiot_pl.testing.faults import corrupt_update
+from fedbiot_pl.federation.validation import update_norm, update_problem
 
 REFERENCE = {"a.lora_A.weight": torch.zeros(2, 3), "a.lora_B.weight": torch.ones(4, 2)}
 

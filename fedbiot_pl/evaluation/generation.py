@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.eval_prompts import clean_code, code_prompt, gsm8k_prompt, qa_prompt, strip_chat_tail
+from fedbiot_pl.evaluation.prompts import clean_code, code_prompt, gsm8k_prompt, qa_prompt, strip_chat_tail
 from fedbiot_pl.modules.generation_module import GenerationModule, GenerationSettings, Variant, left_padded_batches
 from fedbiot_pl.score import read_records
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 
 Task = Literal["gsm8k", "humaneval", "dolly", "mc"]
 REQUIRED = {"gsm8k": ("question", "answer"), "humaneval": ("task_id", "prompt", "test", "entry_point"),
@@ -66,7 +66,7 @@ def choice_logliks(model: torch.nn.Module, tokenizer: Any, prompt: str, choices:
     The choice is tokenised together with the prompt, so its score counts exactly the tokens that
     follow the prompt's own tokens.
     """
-    from fedbiot_pl.tokenization import encode_prompt
+    from fedbiot_pl.data.tokenization import encode_prompt
 
     device = next(model.parameters()).device
     prefix = encode_prompt(tokenizer, prompt)
@@ -138,7 +138,7 @@ def generate(split: SplitModel, tokenizer: Any, prompts: Sequence[str], variant:
     With ``seed``, sampling starts from ``torch.manual_seed(seed)`` just before the first batch and
     the global random states are restored afterwards (a run being trained draws on as before).
     """
-    from fedbiot_pl.client_trainer import KeepOnDeviceStrategy, client_fit_context
+    from fedbiot_pl.federation.client_trainer import KeepOnDeviceStrategy, client_fit_context
 
     device = device or next(split.parameters()).device
     module = GenerationModule(split, tokenizer, variant, settings, seed=seed)
@@ -154,14 +154,14 @@ def generate(split: SplitModel, tokenizer: Any, prompts: Sequence[str], variant:
 def task_metrics(task: Task, rows: Sequence[dict[str, Any]], ks: Sequence[int] = (1,), timeout: float = 10.0,
                  workers: int = 2) -> dict[str, Metric]:
     """The task's torchmetrics, empty: ``accuracy`` (gsm8k, mc), ``pass@k`` (humaneval; one
-    :class:`~fedbiot_pl.metrics.PassAtK` over every row's ``task_id`` that computes each ``k``) or
+    :class:`~fedbiot_pl.evaluation.metrics.PassAtK` over every row's ``task_id`` that computes each ``k``) or
     ``rougeL``, ``token_f1``, ``exact_match`` (dolly). Feed them with :func:`update_task_metrics`."""
-    from fedbiot_pl import metrics
+    from fedbiot_pl.evaluation import metrics
 
     if task in ("gsm8k", "mc"):
         return {"accuracy": metrics.GSM8KAccuracy() if task == "gsm8k" else metrics.MultipleChoiceAccuracy()}
     if task == "humaneval":
-        from fedbiot_pl.sandbox import Limits
+        from fedbiot_pl.evaluation.sandbox import Limits
 
         return {"pass@k": metrics.PassAtK([row["task_id"] for row in rows], k=tuple(ks),
                                           limits=Limits(timeout_s=timeout), workers=workers)}

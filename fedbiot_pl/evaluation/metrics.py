@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from fedbiot_pl.math_answers import is_correct
-from fedbiot_pl.pass_at_k import pass_at_k
-from fedbiot_pl.sandbox import ExecutionResult, Language, Limits, check_completions
+from fedbiot_pl.evaluation.math_answers import is_correct
+from fedbiot_pl.evaluation.pass_at_k import pass_at_k
+from fedbiot_pl.evaluation.sandbox import ExecutionResult, Language, Limits, check_completions
 
 References = Sequence[str | Sequence[str]]
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -132,7 +132,7 @@ class RougeL(_BestOverReferences):
 
 
 class GSM8KAccuracy(_Average):
-    """GSM8K accuracy under the FedBiOT protocol (:mod:`fedbiot_pl.math_answers`).
+    """GSM8K accuracy under the FedBiOT protocol (:mod:`fedbiot_pl.evaluation.math_answers`).
 
     Args:
         numeric: Compare answer values instead of strings (``"18.0"`` counts for ``"18"``); the
@@ -186,19 +186,19 @@ class MultipleChoiceAccuracy(_Average):
 
 
 class PassAtK(Metric):
-    """HumanEval-style pass@k: completions are executed in the :mod:`~fedbiot_pl.sandbox`.
+    """HumanEval-style pass@k: completions are executed in the :mod:`~fedbiot_pl.evaluation.sandbox`.
 
     The state is, for every problem of ``task_ids``, the number of samples ``n`` and of passing
-    ones ``c``. :meth:`compute` averages :func:`~fedbiot_pl.pass_at_k.pass_at_k` over the problems
+    ones ``c``. :meth:`compute` averages :func:`~fedbiot_pl.evaluation.pass_at_k.pass_at_k` over the problems
     that have samples, for each ``k`` no larger than the smallest ``n`` among them (larger ``k`` are
     left out with a warning).
 
     Args:
         task_ids: Every problem that may be updated, e.g. the 164 HumanEval ids.
         k: The ``k`` to report.
-        limits: Sandbox limits of each execution (default :class:`~fedbiot_pl.sandbox.Limits`).
+        limits: Sandbox limits of each execution (default :class:`~fedbiot_pl.evaluation.sandbox.Limits`).
         workers: Parallel executions (default: CPU count).
-        language: Sandbox language name or :class:`~fedbiot_pl.sandbox.Language`.
+        language: Sandbox language name or :class:`~fedbiot_pl.evaluation.sandbox.Language`.
     """
 
     full_state_update = False

@@ -47,7 +47,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy
 from typing_extensions import override
 
-from fedbiot_pl.scaling_checks import INSTALL_HINT, deepspeed_available, normalized_precision, precision_message
+from fedbiot_pl.scaling.checks import INSTALL_HINT, deepspeed_available, normalized_precision, precision_message
 
 LORA_CHECKPOINT_KEY = "fedbiot_lora"
 
@@ -263,7 +263,7 @@ class FedBiOTDeepSpeed(DeepSpeedStrategy):
 
     def weights_dtype(self) -> torch.dtype:
         """The dtype of the base weights: the module's ``split.dtype``, else the precision's."""
-        from fedbiot_pl.split import DTYPES
+        from fedbiot_pl.model.views import DTYPES
 
         split = getattr(self.lightning_module, "split", None)
         name = getattr(split, "dtype_name", None)

@@ -67,7 +67,7 @@ def tokenize_batch(
 
     Args:
         tokenizer: A Hugging Face tokenizer with an EOS token.
-        prompts: Formatted prompts (see :func:`fedbiot_pl.prompts.format_prompt`).
+        prompts: Formatted prompts (see :func:`fedbiot_pl.data.prompts.format_prompt`).
         responses: Target texts, each appended to its prompt without a separator.
         max_length: Longest sequence kept, in tokens (EOS and BOS included).
 

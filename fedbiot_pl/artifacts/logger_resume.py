@@ -2,13 +2,13 @@
 the interrupted epoch logged after its checkpoint.
 
 * :func:`continue_run` points a CSV or TensorBoard logger (Lightning's, or
-  :class:`~fedbiot_pl.csv_logger.AtomicCSVLogger`) at the run folder of ``ckpt_path`` (see
-  :func:`~fedbiot_pl.csv_logger.resume_version`), so ``--ckpt_path last`` continues the run in place.
+  :class:`~fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger`) at the run folder of ``ckpt_path`` (see
+  :func:`~fedbiot_pl.artifacts.csv_logger.resume_version`), so ``--ckpt_path last`` continues the run in place.
 * :func:`purge_events_from` hides what the interrupted epoch logged to TensorBoard: a
   ``SessionLog.START`` event at the first step after the checkpoint, which TensorBoard reads as
   "drop the earlier events from this step on" (what torch's ``SummaryWriter(purge_step=...)``
   writes when it opens a file). The CSV logger does the same with
-  :meth:`~fedbiot_pl.csv_logger.AtomicCSVLogger.resume_rows`.
+  :meth:`~fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger.resume_rows`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fedbiot_pl.checkpoint_integrity import local_checkpoint
-from fedbiot_pl.csv_logger import resume_version
+from fedbiot_pl.artifacts.checkpoint_integrity import local_checkpoint
+from fedbiot_pl.artifacts.csv_logger import resume_version
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _run_folder_logger(logger: Any) -> bool:
 def continue_run(logger: Any, ckpt_path: str | Path | None) -> None:
     """Log into the folder of the run that ``ckpt_path`` continues.
 
-    Only for loggers that keep what the folder holds: :class:`~fedbiot_pl.csv_logger.AtomicCSVLogger`
+    Only for loggers that keep what the folder holds: :class:`~fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger`
     (Lightning's own ``CSVLogger`` deletes an existing ``metrics.csv``, so it gets a new folder)
     and TensorBoard (new event files beside the old). A no-op for a logger whose version was given
     or whose folder is already open.

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from fedbiot_pl import fault_injection
+from fedbiot_pl.testing import faults as fault_injection
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.split import SplitModel
+from fedbiot_pl.model.views import SplitModel
 
 
 def _file_mode() -> int:
@@ -53,7 +53,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object], context: dict
     A reader sees the old file or the complete new one, never a part: a crash leaves at most a
     ``.<name>.*.tmp`` file next to ``path``, which nothing loads and the next successful write of
     ``path`` removes. ``context`` goes to the
-    ``file_write`` fault point (:mod:`fedbiot_pl.fault_injection`) between the write and the rename.
+    ``file_write`` fault point (:mod:`fedbiot_pl.testing.faults`) between the write and the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

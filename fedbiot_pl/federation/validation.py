@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from fedbiot_pl.communication import decode_update
+from fedbiot_pl.federation.messages import decode_update
 
 _SHOWN = 3  # keys named per problem; the rest are counted
 

@@ -1,6 +1,6 @@
 """Damaged round checkpoints: found before a resume loads them, named, and replaced by an intact one.
 
-:class:`~fedbiot_pl.checkpoint_io.AtomicCheckpointIO` writes a SHA-256 sidecar next to every
+:class:`~fedbiot_pl.artifacts.checkpoint_io.AtomicCheckpointIO` writes a SHA-256 sidecar next to every
 checkpoint, ``<name>.sha256`` in ``sha256sum`` format (``sha256sum -c last.ckpt.sha256`` checks it
 by hand). A sidecar, not a verification of the file alone: a bit flip in the tensor data leaves a
 checkpoint that still loads, and only a recorded checksum tells it apart. The old sidecar is removed

@@ -4,7 +4,7 @@ The two templates are the Stanford Alpaca ones that the FedBiOT reference code (
 FederatedScope-LLM) applies to every data set, GSM8K included. The response is appended to the
 prompt directly, with no separator, exactly as the reference does.
 
-The conversions are pure functions of one record's strings; :mod:`fedbiot_pl.data_sources` decides
+The conversions are pure functions of one record's strings; :mod:`fedbiot_pl.data.sources` decides
 which one a data set uses.
 """
 

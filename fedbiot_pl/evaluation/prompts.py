@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from fedbiot_pl.prompts import format_prompt
+from fedbiot_pl.data.prompts import format_prompt
 
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."

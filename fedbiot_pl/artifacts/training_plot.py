@@ -6,7 +6,7 @@ canvas (no display, pyplot's global state left alone), and :func:`write_training
 three for a run folder. Drawn from the file, the picture of a resumed run holds the rows from before
 the resume too, and it can be redrawn while a run goes on::
 
-    python -m fedbiot_pl.training_plot runs/fedbiot/version_0      # writes <run>/training.png
+    python -m fedbiot_pl.artifacts.training_plot runs/fedbiot/version_0      # writes <run>/training.png
 
 The x axis counts rounds; the pre-alignment epochs come before round 0, as rounds -P..-1 (shaded).
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from fedbiot_pl.export import atomic_write
+from fedbiot_pl.artifacts.export import atomic_write
 
 log = logging.getLogger(__name__)
 NAN = float("nan")
@@ -227,7 +227,7 @@ def plot_fit(loggers: Sequence[Any], pre_alignment: int) -> Path | None:
     csv_logger = next((logger for logger in loggers if isinstance(logger, CSVLogger)), None)
     metrics = Path(csv_logger.log_dir) / METRICS_FILE if csv_logger is not None else None
     if metrics is None or not metrics.is_file():
-        log.info("%s not written: the run has no CSV logger with a %s (python -m fedbiot_pl.training_plot "
+        log.info("%s not written: the run has no CSV logger with a %s (python -m fedbiot_pl.artifacts.training_plot "
                  "draws it from a run folder that has one).", PLOT_FILE, METRICS_FILE)
         return None
     try:
@@ -240,8 +240,8 @@ def plot_fit(loggers: Sequence[Any], pre_alignment: int) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedbiot_pl.training_plot <run> [--out PATH] [--pre-alignment N]``; 0, or 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m fedbiot_pl.training_plot", description=(
+    """``python -m fedbiot_pl.artifacts.training_plot <run> [--out PATH] [--pre-alignment N]``; 0, or 2 on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m fedbiot_pl.artifacts.training_plot", description=(
         "Draw training.png (client loss, alignment, validation loss, bytes) from a run's metrics.csv; "
         "works on a run that is still going."))
     parser.add_argument("run", help="run folder (holding metrics.csv) or a metrics.csv file")

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.eval_prompts import GSM8K_DEMOS
-from fedbiot_pl.evaluation import DEFAULT_DATA, REQUIRED, Task, build_prompts
+from fedbiot_pl.evaluation.prompts import GSM8K_DEMOS
+from fedbiot_pl.evaluation.generation import DEFAULT_DATA, REQUIRED, Task, build_prompts
 from fedbiot_pl.modules.generation_module import GenerationSettings, Variant, left_padded_batches
 
 VARIANTS = ("adapfu", "adapemu")
@@ -121,7 +121,7 @@ def evaluation_batches(settings: EvaluationSettings, rows: list[dict[str, Any]],
 
     Each batch is ``{"variant": ..., "ids": [row indices]}``; for generation tasks it also holds the
     ``prompts`` and their left-padded ``input_ids``/``attention_mask``, batched exactly as
-    :func:`fedbiot_pl.evaluation.generate` batches them.
+    :func:`fedbiot_pl.evaluation.generation.generate` batches them.
     """
     ids, size = list(range(len(rows))), settings.batch_size
     if settings.task == "mc":

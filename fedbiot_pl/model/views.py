@@ -8,7 +8,7 @@ the untouched teacher. ``full_with_adapter`` is a second shell: the full model's
 compressed model's adapter layers (base + LoRA, the same tensors) in their places, i.e. the KL
 teacher of the alignment and the AdapFu model of the evaluation.
 
-Read hidden states with forward hooks (:mod:`fedbiot_pl.capture`), not ``output_hidden_states``:
+Read hidden states with forward hooks (:mod:`fedbiot_pl.model.capture`), not ``output_hidden_states``:
 transformers 5 installs its capture hooks once per model object, so on a layer shared by two of
 these models they fire twice and ``hidden_states`` comes back misaligned (logits are unaffected).
 """
@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from fedbiot_pl.algorithms import Algorithm, algorithm_spec
 from fedbiot_pl.assets import DEFAULT_MODEL
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.layer_drop import LayerLayout, layer_layout
-from fedbiot_pl.model_location import load_model_config, model_location
+from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
+from fedbiot_pl.model.location import load_model_config, model_location
 from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, no_library_progress_bars
 
 Part = Literal["emulator", "adapter", "all"]

@@ -48,7 +48,7 @@ class SettingsMismatchError(ConfigError):
 
 
 def run_settings(split: Any, loop: Any) -> dict[str, Any]:
-    """The settings a checkpoint of ``split`` (a :class:`~fedbiot_pl.split.SplitModel`, built or
+    """The settings a checkpoint of ``split`` (a :class:`~fedbiot_pl.model.views.SplitModel`, built or
     not) trained by ``loop`` (a :class:`~fedbiot_pl.callbacks.FederatedLoop`) must be resumed
     with, by CLI name; the layout settings are left out where the algorithm does not use them."""
     adapter_layers, drop_rate, bottom_adapter_layers, full_model = split._split_args

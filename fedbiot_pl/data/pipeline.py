@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
-from fedbiot_pl.data_sources import RecordSpec
-from fedbiot_pl.prompts import (
+from fedbiot_pl.data.sources import RecordSpec
+from fedbiot_pl.data.prompts import (
     PROMPT_NO_INPUT,
     PROMPT_WITH_INPUT,
     format_prompt,
@@ -29,7 +29,7 @@ from fedbiot_pl.prompts import (
     strip_no_break_spaces,
 )
 from fedbiot_pl.quiet import no_library_progress_bars
-from fedbiot_pl.tokenization import tokenize_batch, tokenizer_fingerprint
+from fedbiot_pl.data.tokenization import tokenize_batch, tokenizer_fingerprint
 
 PIPELINE_VERSION = "1"
 """Bump when :func:`record_texts` or the tokenisation changes, so old caches are not reused."""
@@ -110,7 +110,7 @@ def tokenize_dataset(
     """Tokenise every row (one output row per input row), cached by :func:`tokenization_fingerprint`.
 
     Args:
-        dataset: Checked rows (see :func:`fedbiot_pl.data_sources.check_source`).
+        dataset: Checked rows (see :func:`fedbiot_pl.data.sources.check_source`).
         spec: How to read them.
         tokenizer: The tokenizer (with an EOS token).
         max_length: Longest example in tokens; examples whose response does not fit get empty lists.

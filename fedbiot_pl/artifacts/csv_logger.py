@@ -17,7 +17,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
-from fedbiot_pl.export import atomic_write
+from fedbiot_pl.artifacts.export import atomic_write
 
 _VERSION = re.compile(r"^version_(\d+)$")
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class AtomicCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger`` (same arguments, same ``metrics.csv`` and ``hparams.yaml``) with
     every file written atomically, and resumable:
 
-    * :func:`~fedbiot_pl.logger_resume.continue_run` (called by the CLI before ``fit``, for CSV and
+    * :func:`~fedbiot_pl.artifacts.logger_resume.continue_run` (called by the CLI before ``fit``, for CSV and
       TensorBoard loggers alike) picks the run folder that ``ckpt_path`` belongs to (see
       :func:`resume_version`), unless ``version`` was given;
     * :meth:`resume_rows` (called by :class:`~fedbiot_pl.callbacks.FederatedLoop` when it resumes)

@@ -11,7 +11,7 @@ each GPU a sliver of work, and its gradients would be all-reduced every step; sp
 keeps every GPU's batch at the client's size and needs one exchange of ~1 MB per client per round.
 With fewer sampled clients than GPUs, the ranks without a client wait at the exchange.
 
-Under ZeRO-3 the fits run inside :func:`fedbiot_pl.scaling.client_phase`, where every rank holds the
+Under ZeRO-3 the fits run inside :func:`fedbiot_pl.scaling.deepspeed.client_phase`, where every rank holds the
 whole compressed model, so the ranks need not move in lockstep during the fits.
 """
 
@@ -117,7 +117,7 @@ def gather_uploads(local: Mapping[int, Upload], clients: Sequence[int], group: o
 
 def average_uploads(uploads: Sequence[Upload]) -> dict[str, Tensor]:
     """The FedAvg of ``uploads`` (by their weights), the same on every rank given the same order."""
-    from fedbiot_pl.aggregation import fedavg
+    from fedbiot_pl.federation.aggregation import fedavg
 
     return fedavg([u.state for u in uploads], [u.weight for u in uploads])
 

@@ -10,20 +10,20 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from typing_extensions import override
 
-from fedbiot_pl.checkpoint_integrity import checksum_path, file_sha256, local_checkpoint
-from fedbiot_pl.export import atomic_write
+from fedbiot_pl.artifacts.checkpoint_integrity import checksum_path, file_sha256, local_checkpoint
+from fedbiot_pl.artifacts.export import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``torch.save``/``torch.load`` checkpoint IO with two guarantees for local paths.
 
     * **Atomic saves**: the checkpoint goes to a temporary file in the same folder, is flushed to
-      disk (``fsync``) and renamed onto its name (:func:`fedbiot_pl.export.atomic_write`), so a
+      disk (``fsync``) and renamed onto its name (:func:`fedbiot_pl.artifacts.export.atomic_write`), so a
       process killed mid-write leaves the previous ``last.ckpt`` intact and ``--ckpt_path last``
       never loads a truncated file.
     * **Checksums**: each checkpoint gets a ``<name>.sha256`` sidecar (``sha256sum`` format), removed
       before the new file's rename and written after it, so it never describes another content;
-      :mod:`fedbiot_pl.checkpoint_integrity` finds a damaged checkpoint with it before a resume.
+      :mod:`fedbiot_pl.artifacts.checkpoint_integrity` finds a damaged checkpoint with it before a resume.
     * **No code from checkpoints**: loads use ``torch.load(weights_only=True)`` unless the caller
       explicitly passes ``weights_only=False`` for a file they trust.
 

@@ -1,0 +1,1 @@
+"""Instruction data: sources, row checks, cached tokenisation, prompts, client partitions and their report."""

@@ -1,0 +1,1 @@
+"""Evaluation: generating on a split, tasks and their scoring, metrics, the code sandbox."""

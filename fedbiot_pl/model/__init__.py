@@ -1,0 +1,1 @@
+"""The model side: views of one set of weights (full, compressed, AdapFu), layer layouts, layer capture, losses, locating a model."""
