@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from fedbiot_pl.algorithms import ALGORITHMS as REGISTERED
+
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ("fedbiot", "offsite_tuning", "fedot", "fedavg_lora", "fedprox")
+ALGORITHMS = tuple(REGISTERED)  # every registered algorithm, in registration order
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

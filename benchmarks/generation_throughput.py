@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.modules import GenerationModule, GenerationSettings
 from fedbiot_pl.modules.generation_module import left_padded_batches
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 
 PROMPTS = ["Once upon a time", "Lily had a red ball", "The little dog ran to the park", "Tom and Sue",
            "One day, a bird", "The sun was hot and", "Max wanted to play", "In a small house there was"]
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    split = SplitModel(args.model, adapter_layers=2, drop_rate=0.2).build()
+    split = ModelViews(args.model, adapter_layers=2, drop_rate=0.2).build()
     tokenizer = AutoTokenizer.from_pretrained(resolve(args.model))
     prompts = (PROMPTS * (args.batch_size // len(PROMPTS) + 1))[: args.batch_size]
     batch = left_padded_batches(tokenizer, prompts, list(range(len(prompts))), args.batch_size)[0]

@@ -1,10 +1,14 @@
-"""The federated loop of FedBiOT as a callback on the server's Trainer: one epoch = one round."""
+"""The federated loop as a callback on the server's Trainer: one server epoch = one round.
+
+The round itself is a :class:`~fedbiot_pl.federation.round.RoundRunner` (no Trainer); this callback
+maps Lightning's hooks onto it, logs the round's metrics, exports the final adapters and keeps the
+loop's state in the checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,29 +16,23 @@ import lightning.pytorch as pl
 from lightning.pytorch import Callback
 from typing_extensions import override
 
-from fedbiot_pl.testing import faults as fault_injection
-from fedbiot_pl.federation.aggregation import fedavg
-from fedbiot_pl.algorithms import Algorithm, algorithm_issues, algorithm_spec
-from fedbiot_pl.federation.attempts import (
-    RoundAttempt,
-    TooFewClientsError,
-    fault_setting_issues,
-    fault_totals,
-    round_record,
-    too_few_message,
-)
-from fedbiot_pl.federation.messages import CommLedger
-from fedbiot_pl.errors import ConfigError
+from fedbiot_pl import hooks
+from fedbiot_pl.algorithms import Algorithm, ClientOptim, RunSettings, resolve_algorithm
 from fedbiot_pl.artifacts.export import export_adapters, write_text_atomic
 from fedbiot_pl.artifacts.logger_resume import purge_events_from
-from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.artifacts.resume_settings import DATA_KEY, SETTINGS_KEY, data_settings, run_settings
-from fedbiot_pl.federation.rng_state import capture_rng, restore_rng
-from fedbiot_pl.federation.sampling import clients_per_round, sample_clients
-from fedbiot_pl.scaling.deepspeed import client_phase, lora_gathered
 from fedbiot_pl.artifacts.training_plot import plot_fit
-
-from .client_rounds import ClientRounds
+from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.federation.attempts import fault_setting_issues, fault_totals
+from fedbiot_pl.federation.client import ClientFitSettings, LocalClients
+from fedbiot_pl.federation.ledger import CommLedger
+from fedbiot_pl.federation.rng_state import capture_rng, restore_rng
+from fedbiot_pl.federation.round import RoundRunner, RoundSettings
+from fedbiot_pl.federation.sampling import clients_per_round
+from fedbiot_pl.federation.server_optimizers import ServerOptimizer
+from fedbiot_pl.federation.server_optimizers import server_optimizer as make_server_optimizer
+from fedbiot_pl.federation.transport import InProcessTransport
+from fedbiot_pl.scaling.deepspeed import client_phase, lora_gathered
 
 log = logging.getLogger(__name__)
 CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
@@ -52,64 +50,38 @@ def round_due(trainer: pl.Trainer, every_n_rounds: int) -> tuple[FederatedLoop |
     return loop, round_idx
 
 
-class FederatedLoop(ClientRounds, Callback):
-    """Runs the rounds of FedBiOT (or a baseline) inside the server's ``Trainer.fit`` of an
+class FederatedLoop(Callback):
+    """Runs the rounds of FedBiOT (or another algorithm) inside the server's ``Trainer.fit`` of an
     EmulatorAlignmentModule.
 
-    ``algorithm`` picks FedBiOT or a baseline (:mod:`fedbiot_pl.algorithms`): the same loop, with
-    alignment only where the algorithm has it (FedBiOT every round; offsite-tuning and FedOT only
-    in the optional ``pre_alignment_rounds``; FedAvg-LoRA and FedProx never) and the algorithm's
-    proximal term on the clients. The split must have been made for the same algorithm (the CLI
-    links ``federated.algorithm`` into ``model.split.algorithm``).
+    ``algorithm`` (:mod:`fedbiot_pl.algorithms`) lays out the model views at set-up and decides what
+    is broadcast, trained, uploaded and aggregated, and how many alignment steps the server takes
+    after each round. The server fit has ``pre_alignment_rounds + rounds`` epochs; the first
+    ``pre_alignment_rounds`` only align the emulator. At the start of every later epoch (round
+    ``t``) the :class:`~fedbiot_pl.federation.round.RoundRunner` samples the round's clients,
+    broadcasts, fits each client's module for ``local_steps`` optimizer steps with a fresh lean
+    Trainer (the module shares the server's model: no copy per client), receives and checks the
+    uploads, and makes their aggregate the global state; the epoch then runs the server's alignment.
 
-    The server fit has ``pre_alignment_rounds + rounds`` epochs of ``align_steps`` optimizer steps
-    on the public data (this callback sets ``max_epochs`` and ``limit_train_batches``). The first
-    ``pre_alignment_rounds`` epochs only align the emulator. At the start of every later epoch
-    (round ``t``) the callback:
-
-    1. samples the round's clients (all, a number, or a fraction; a pure function of seed and round),
-    2. broadcasts the global emulator LoRA + adapter LoRA (counted in the ledger; algorithms that do
-       not align during the rounds send the fixed emulator LoRA in round 0 only),
-    3. fits an :class:`AdapterFinetuneModule` per client for ``local_steps`` optimizer steps with a
-       fresh lean Trainer (fresh optimizer, no logger, no checkpointing) on the client's data,
-    4. receives each client's adapter LoRA as safetensors bytes and validates it
-       (:func:`~fedbiot_pl.federation.validation.update_problem`),
-    5. sets the adapter LoRA to the sample-weighted FedAvg of the accepted uploads,
-
-    and the epoch itself then runs the server's alignment against the new adapter. The client
-    module shares the server's model: no reload, no re-wrapping, no copy per client.
-
-    **Faults.** A client whose fit raises, whose mean loss is NaN/Inf, or that runs past
-    ``client_time_limit`` is dropped from the round; an upload that is not safetensors, has missing
-    or extra keys, a wrong shape or dtype, NaN/Inf values, or an update norm above
-    ``max_update_norm`` is rejected. Both are logged (warning), counted (``round/dropped``,
-    ``round/rejected``, ``ledger.uploads_rejected``) and listed with their reason in
-    :attr:`history`; the round goes on with the rest. With fewer than ``min_clients`` accepted
-    updates the round is retried (``on_too_few: retry``: up to ``max_round_retries`` more
-    attempts, attempt ``a`` sampling with :func:`~fedbiot_pl.federation.sampling.sample_clients`'s
-    ``attempt=a``, so retries stay deterministic) or the run stops with :class:`TooFewClientsError`.
+    **Faults.** A client whose fit raises, whose mean loss is not finite, or that runs past
+    ``client_time_limit`` is dropped; an upload that is not a LoRA message, has missing or extra
+    keys, a wrong shape or dtype, NaN/Inf values, or an update norm above ``max_update_norm`` is
+    rejected. Both are logged, counted and listed in :attr:`history`. With fewer than
+    ``min_clients`` accepted updates the round is retried (``on_too_few: retry``) or the run stops
+    with :class:`~fedbiot_pl.federation.attempts.TooFewClientsError`.
 
     **Resume.** :meth:`state_dict` holds the ledger, the history, the last finished epoch, the
-    sampling settings and the global random states (Python, NumPy, torch; LoRA dropout draws from
-    torch's); Lightning's checkpoint adds the LoRA weights, the optimizer and the loops. On resume
-    the random states are restored at the start of the next epoch, and loggers that can
-    (:class:`~fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger`) keep the rows up to the checkpoint's epoch,
-    so a resumed run ends with the adapter and metrics of an uninterrupted one. Each checkpoint also
-    records the split and loop settings a resume must share (:mod:`fedbiot_pl.artifacts.resume_settings`).
-    Round checkpoints are written when their epoch ends, after the epoch's validation (if the
-    datamodule has a ``val_dataloader``), whatever ``check_val_every_n_epoch`` is.
+    sampling settings, the server optimizer's state and the global random states; a resumed run
+    ends with the adapter and metrics of an uninterrupted one.
 
-    Metrics (logged at the end of each round, before the round checkpoint is written):
-    ``client/<id>/loss`` (mean CE of each accepted client's fit), ``round/client_loss``,
-    ``round/clients`` (accepted), ``round/dropped``, ``round/rejected``, ``round/attempts``,
-    ``comm/bytes_down``, ``comm/bytes_up`` (this round) and ``comm/total_bytes``; alignment
-    metrics come from the module (``align/l2``, ``align/kl``). At the end of fit the final adapters
-    are exported to ``<log_dir>/final_adapter`` and, with a CSV logger, ``training.png`` is drawn
-    next to its ``metrics.csv`` (:mod:`fedbiot_pl.artifacts.training_plot`). A resumed TensorBoard logger
-    drops the events logged after the checkpoint (:func:`~fedbiot_pl.artifacts.logger_resume.purge_events_from`).
+    Metrics per round: ``client/<id>/loss``, ``round/client_loss``, ``round/clients``,
+    ``round/dropped``, ``round/rejected``, ``round/attempts``, ``comm/bytes_down``,
+    ``comm/bytes_up`` and ``comm/total_bytes``. At the end of fit the final adapters are exported
+    to ``<log_dir>/final_adapter`` and ``training.png`` is drawn next to ``metrics.csv``.
 
     Args:
-        algorithm: ``fedbiot``, ``offsite_tuning``, ``fedot``, ``fedavg_lora`` or ``fedprox``.
+        algorithm: ``fedbiot``, ``offsite_tuning``, ``fedot``, ``fedavg_lora`` or ``fedprox``, or
+            ``{class_path: ..., init_args: ...}`` of a :class:`~fedbiot_pl.algorithms.Algorithm` subclass.
         rounds: federated rounds.
         pre_alignment_rounds: alignment-only epochs before the first round (paper: 50 or 100).
         align_steps: server alignment optimizer steps per epoch (paper: 5).
@@ -133,11 +105,14 @@ class FederatedLoop(ClientRounds, Callback):
             ``null`` = no limit.
         max_update_norm: largest L2 norm of an upload's change to the broadcast adapter LoRA;
             ``null`` = no bound.
+        server_optimizer: ``null`` = FedAvg (the aggregate becomes the global state); ``fedadam``,
+            ``fedyogi``, ``fedadagrad`` or ``sgd`` (FedOpt, Reddi et al. 2021) with their defaults, or
+            ``{class_path: fedbiot_pl.federation.server_optimizers.FedAdam, init_args: {lr: ...}}``.
     """
 
     def __init__(
         self,
-        algorithm: Algorithm = "fedbiot",
+        algorithm: str | Algorithm = "fedbiot",
         rounds: int = 3,
         pre_alignment_rounds: int = 0,
         align_steps: int = 5,
@@ -157,6 +132,7 @@ class FederatedLoop(ClientRounds, Callback):
         max_round_retries: int = 2,
         client_time_limit: float | None = None,
         max_update_norm: float | None = None,
+        server_optimizer: str | ServerOptimizer | None = None,
     ) -> None:
         issues = []
         for name, value, low in (
@@ -171,36 +147,42 @@ class FederatedLoop(ClientRounds, Callback):
         if proximal_weight < 0 or client_lr <= 0:
             issues.append(f"proximal_weight must be >= 0 and client_lr > 0, got {proximal_weight}, {client_lr}.")
         issues += fault_setting_issues(min_clients, on_too_few, max_round_retries, client_time_limit, max_update_norm)
+        self.algorithm: Algorithm | None = None
         try:
-            self.spec = algorithm_spec(algorithm)
-            issues += algorithm_issues(self.spec, num_clients=None, pre_alignment_rounds=pre_alignment_rounds,
-                                       proximal_weight=proximal_weight)
+            self.algorithm = resolve_algorithm(algorithm)
+            issues += self.algorithm.check(RunSettings(None, pre_alignment_rounds, proximal_weight))
         except ValueError as error:
             issues.append(f"algorithm: {error}")
+        self.server_optimizer = None
+        try:
+            self.server_optimizer = make_server_optimizer(server_optimizer)
+        except ValueError as error:
+            issues.append(f"server_optimizer: {error}")
         if issues:
             raise ConfigError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
-        self.algorithm = algorithm
         self.rounds, self.pre_alignment_rounds = rounds, pre_alignment_rounds
         self.align_steps, self.local_steps = align_steps, local_steps
         self.client_accumulate_grad_batches = client_accumulate_grad_batches
         self.clients_per_round = clients_per_round
-        self.client_hparams = {
-            "proximal_weight": proximal_weight, "lr": client_lr, "betas": tuple(client_betas),
-            "weight_decay": client_weight_decay, "proximal": self.spec.proximal or "delta_w",
-        }
+        self.client_optim = ClientOptim(client_lr, tuple(client_betas), client_weight_decay, proximal_weight)
+        self.client_fit = ClientFitSettings(local_steps, client_accumulate_grad_batches, client_time_limit)
+        self.round_settings = RoundSettings(clients_per_round, seed, weighting, min_clients, on_too_few,
+                                            max_round_retries, max_update_norm)
         self.weighting, self.seed = weighting, seed
         self.export_final_adapter, self.plot_training = export_final_adapter, plot_training
-        self.min_clients, self.on_too_few, self.max_round_retries = min_clients, on_too_few, max_round_retries
-        self.client_time_limit, self.max_update_norm = client_time_limit, max_update_norm
+        self.min_clients = min_clients
         self.ledger = CommLedger()
         self.history: list[dict[str, Any]] = []
+        self.runner: RoundRunner | None = None
         self._round_metrics: dict[str, float] = {}
-        self._client_module: AdapterFinetuneModule | None = None
-        self._attempt = 0  # the attempt at the current round (fault points and retries)
         self._completed_epoch: int | None = None  # last finished epoch (what a checkpoint holds)
         self._resumed_epoch: int | None = None  # the checkpoint's epoch, when resumed
         self._pending_rng: dict[str, Any] | None = None  # random states to restore at the next epoch
-        self._last_client_error: BaseException | None = None
+
+    @property
+    def algorithm_name(self) -> str:
+        """The algorithm's config name (its class name if unregistered)."""
+        return self.algorithm.name or type(self.algorithm).__name__
 
     # ------------------------------------------------------------------ set-up and validation
     @override
@@ -208,14 +190,14 @@ class FederatedLoop(ClientRounds, Callback):
         if stage != "fit":
             return
         issues = []
-        split = getattr(pl_module, "split", None)
-        if split is None:
+        views = getattr(pl_module, "split", None)
+        if views is None:
             issues.append(f"the model must be an EmulatorAlignmentModule (with .split), got {type(pl_module).__name__}.")
-        elif getattr(split, "algorithm", "fedbiot") != self.algorithm:
-            issues.append(
-                f"the split was made for algorithm {split.algorithm!r} but the loop runs {self.algorithm!r}; "
-                f"build SplitModel(algorithm={self.algorithm!r}, ...)."
-            )
+        else:
+            try:  # the algorithm lays out the views (before any weight loads)
+                views.use_algorithm(self.algorithm)
+            except ValueError as error:
+                issues.append(str(error))
         datamodule = trainer.datamodule
         missing = [name for name in CLIENT_API if not hasattr(datamodule, name)]
         if datamodule is None or missing:
@@ -235,8 +217,7 @@ class FederatedLoop(ClientRounds, Callback):
                     )
             except ValueError as error:
                 issues.append(str(error))
-            issues += algorithm_issues(self.spec, num_clients=datamodule.num_clients, pre_alignment_rounds=0,
-                                       proximal_weight=self.client_hparams["proximal_weight"])
+            issues += self.algorithm.check(RunSettings(datamodule.num_clients, 0, self.client_optim.proximal_weight))
         if trainer.max_steps != -1:
             issues.append(f"set trainer.max_steps to -1 (got {trainer.max_steps}); FederatedLoop.rounds sets the length.")
         # A round checkpoint is written when its epoch ends, after the round's validation and metrics
@@ -257,12 +238,19 @@ class FederatedLoop(ClientRounds, Callback):
         trainer.limit_train_batches = self._server_batches(trainer)
 
     def _server_batches(self, trainer: pl.Trainer) -> int:
-        aligns = self.pre_alignment_rounds > 0 or self.spec.aligns_each_round
+        aligns = self.algorithm.trains_on_server(self.pre_alignment_rounds)
         return (self.align_steps if aligns else 1) * trainer.accumulate_grad_batches
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._client_module = AdapterFinetuneModule(pl_module.split, log_steps=False, **self.client_hparams)
+        views = pl_module.split
+        clients = LocalClients(
+            self.algorithm, views, self.algorithm.client_module(views, self.client_optim), trainer.datamodule,
+            self.client_fit, trainer.strategy.root_device, trainer.precision, self.seed, trainer.world_size,
+        )
+        transport = InProcessTransport(self.ledger, trainer.global_rank, trainer.world_size)
+        self.runner = RoundRunner(self.algorithm, views, trainer.datamodule, clients, self.round_settings,
+                                  self.ledger, transport, self.server_optimizer)
         if self._resumed_epoch is not None:
             for logger in trainer.loggers:
                 if callable(getattr(logger, "resume_rows", None)):
@@ -293,52 +281,19 @@ class FederatedLoop(ClientRounds, Callback):
             self._pending_rng = None
         self._round_metrics = {}
         round_idx = self.round_index(trainer.current_epoch)
-        # The server aligns in pre-alignment epochs, and after each round only if the algorithm does.
-        pl_module.alignment_enabled = round_idx is None or self.spec.aligns_each_round
+        # The epoch's training steps are the server steps the algorithm takes after this round.
+        pl_module.alignment_enabled = self.algorithm.server_steps(round_idx, self.align_steps) > 0
         if round_idx is None:
             return
-        started = time.perf_counter()
-        datamodule, split = trainer.datamodule, pl_module.split
-        down_before, up_before = self.ledger.bytes_down, self.ledger.bytes_up
-        with client_phase(trainer.strategy, split):  # ZeRO-3: every rank holds the whole compressed model
-            attempts = self._run_round(trainer, split, datamodule, round_idx)
-        metrics, entry = round_record(round_idx, attempts)
-        metrics.update({
-            "round/client_seconds": time.perf_counter() - started,
-            "comm/bytes_down": float(self.ledger.bytes_down - down_before),
-            "comm/bytes_up": float(self.ledger.bytes_up - up_before),
-            "comm/total_bytes": float(self.ledger.bytes_down + self.ledger.bytes_up),
-        })
-        self._round_metrics = metrics
-        self.history.append({**entry, **metrics})
-
-    def _run_round(self, trainer: pl.Trainer, split: Any, datamodule: Any, round_idx: int) -> list[RoundAttempt]:
-        """The round's attempts (retries when too few clients succeed); loads the FedAvg of the last."""
-        attempts: list[RoundAttempt] = []
-        for attempt in range(1 + (self.max_round_retries if self.on_too_few == "retry" else 0)):
-            self._attempt = attempt
-            clients = sample_clients(datamodule.num_clients, self.clients_per_round, self.seed, round_idx, attempt)
-            # Emulator LoRA + adapter LoRA; an emulator that no longer changes goes out in round 0 only.
-            broadcast = split.lora_state("all" if self.spec.aligns_each_round or round_idx == 0 else "adapter")
-            self.ledger.record_down(broadcast, len(clients))
-            global_adapter = {key: broadcast[key] for key in split.lora_parameters("adapter")}
-            attempts.append(self.run_attempt(trainer, split, RoundAttempt(attempt, clients), global_adapter, round_idx))
-            split.load_lora_state(global_adapter)
-            if len(attempts[-1].uploads) >= self.min_clients:
-                break
-            log.warning("round %d, attempt %d: %d accepted updates, fewer than min_clients=%d.",
-                        round_idx, attempt + 1, len(attempts[-1].uploads), self.min_clients)
-        else:
-            message = too_few_message(round_idx, attempts, self.min_clients, self.on_too_few)
-            raise TooFewClientsError(message) from self._last_client_error
-        self._attempt = 0
-        split.load_lora_state(fedavg(attempts[-1].uploads, attempts[-1].weights))
-        return attempts
+        with client_phase(trainer.strategy, pl_module.split):  # ZeRO-3: every rank holds the whole compressed model
+            result = self.runner.run_round(round_idx)
+        self._round_metrics = result.metrics
+        self.history.append(result.entry)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        fault_injection.trigger("align_step", epoch=trainer.current_epoch, step=batch_idx)
+        hooks.fire("align_step", epoch=trainer.current_epoch, step=batch_idx)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -388,6 +343,7 @@ class FederatedLoop(ClientRounds, Callback):
             "ledger": self.ledger.state_dict(), "history": self.history, "epoch": self._completed_epoch,
             "sampling": {"seed": self.seed, "clients_per_round": self.clients_per_round},
             "rng": capture_rng(),
+            **({"server_optimizer": self.server_optimizer.state_dict()} if self.server_optimizer is not None else {}),
         }
 
     @override
@@ -396,6 +352,8 @@ class FederatedLoop(ClientRounds, Callback):
         self.history = list(state_dict["history"])
         self._resumed_epoch = self._completed_epoch = state_dict.get("epoch")
         self._pending_rng = state_dict.get("rng")
+        if self.server_optimizer is not None and "server_optimizer" in state_dict:
+            self.server_optimizer.load_state_dict(state_dict["server_optimizer"])
         sampling = state_dict.get("sampling", {})
         if sampling and sampling != {"seed": self.seed, "clients_per_round": self.clients_per_round}:
             log.warning("resuming with client sampling %s, but the checkpoint's run used %s: later rounds will "

@@ -24,7 +24,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -71,8 +73,7 @@ class FedBiOTCLI(LightningCLI):
         )
         # The clients' tokenizer is the model's.
         parser.link_arguments("model.split.init_args.model", "data.tokenizer")
-        # One switch selects the algorithm: the loop's and the split's.
-        parser.link_arguments("federated.algorithm", "model.split.init_args.algorithm")
+        # The algorithm (federated.algorithm) lays out the model views when the loop sets up.
         parser.link_arguments("seed_everything", "federated.seed")
         parser.link_arguments("seed_everything", "data.seed")
         # The loop decides the length of the fit: one epoch per round (no "max_epochs was not set").
@@ -207,3 +208,70 @@ def main(args: list[str] | None = None) -> FedBiOTCLI:
             raise
         print(f"error: {error}\n(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
         sys.exit(2)
+
+
+class _Parsed(Exception):  # noqa: N818 - a signal, not an error
+    """Carries the parsed ``fit`` settings out of :class:`_ConfigReader` before anything is instantiated."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__("parsed")
+        self.config = config
+
+
+class _ConfigReader(FedBiOTCLI):
+    """The CLI's parser, stopped after parsing: no seed is set, no class is built, nothing runs."""
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        return None
+
+    @override
+    def _set_seed(self) -> None:
+        return None
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        raise _Parsed(self.config["fit"])
+
+
+def read_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> Any:
+    """The ``fit`` settings of ``train.py`` YAML ``files`` (later ones override earlier ones) plus
+    command-line style ``overrides``, parsed, linked and type-checked by the CLI's own parser.
+
+    ``plan``, ``evaluate`` and the tests read a run's settings through this one reader.
+
+    Raises:
+        ConfigError: the parser refused the settings (its message names the key).
+    """
+    args = ["fit", *(arg for file in files for arg in ("--config", str(file))), *overrides]
+    quiet_lightning_cli()
+    try:
+        with warnings.catch_warnings():  # `args` is the point here, whatever the calling command's argv holds
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            _ConfigReader(EmulatorAlignmentModule, FederatedInstructionDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                          seed_everything_default=42, args=args, parser_kwargs={"exit_on_error": False})
+    except _Parsed as parsed:
+        return parsed.config
+    except SystemExit as error:  # jsonargparse reports through the parser's error()
+        raise ConfigError(f"cannot read {', '.join(map(str, files))}: the parser stopped (exit {error.code}).") from error
+    except Exception as error:  # the parser's own errors (argparse.ArgumentError, jsonargparse's) name the key
+        raise ConfigError(f"cannot read {', '.join(map(str, files))}: {error}") from error
+    raise AssertionError("unreachable: the reader stops before instantiation")
+
+
+def config_views(config: Any) -> Any:
+    """The model views of parsed ``fit`` settings, laid out by their algorithm (reads the model's config only)."""
+    import importlib
+
+    from fedbiot_pl.algorithms import resolve_algorithm
+
+    split = config.model.split
+    module_name, _, class_name = split.class_path.rpartition(".")
+    views = getattr(importlib.import_module(module_name), class_name)(**split.init_args.as_dict())
+    return views.use_algorithm(resolve_algorithm(config_algorithm(config)))
+
+
+def config_algorithm(config: Any) -> Any:
+    """``federated.algorithm`` of parsed ``fit`` settings, as :func:`~fedbiot_pl.algorithms.resolve_algorithm` takes it."""
+    algorithm = config.federated.algorithm
+    return algorithm.as_dict() if hasattr(algorithm, "as_dict") else algorithm

@@ -12,9 +12,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from fedbiot_pl.evaluation.tasks import EVAL_TASKS, eval_task
 from fedbiot_pl.evaluation.generation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
 from fedbiot_pl.artifacts.export import atomic_write
 from fedbiot_pl.model.location import model_location
@@ -25,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fedbiot-evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run folder holding config.yaml (e.g. runs/fedbiot/version_0)")
     p.add_argument("--ckpt", help="a .ckpt, a compressed_lora.safetensors or a final_adapter folder")
-    p.add_argument("--task", choices=("gsm8k", "humaneval", "dolly", "mc"), default="gsm8k",
+    p.add_argument("--task", choices=list(EVAL_TASKS), default="gsm8k",
                    help="mc: a local multiple-choice jsonl (question, choices, answer index), ranked by log-likelihood")
     p.add_argument("--data", help="evaluation file (.jsonl/.jsonl.gz); gsm8k defaults to the embedded test sample")
     p.add_argument("--variants", default="adapfu,adapemu", help="comma list of adapfu, adapemu")
@@ -47,18 +49,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_split_args(run: Path) -> tuple[dict, str]:
-    """The SplitModel arguments and the tokenizer of a run, from its saved ``config.yaml``."""
+def run_views(run: Path) -> tuple[Any, str]:
+    """The model views (laid out by the run's algorithm, not built) and the tokenizer of a run, from its
+    saved ``config.yaml`` read by the CLI's own parser (:func:`fedbiot_pl.cli.read_config`)."""
+    from fedbiot_pl.cli import config_views, read_config
+
     config_file = run / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} does not exist; --run must be a run folder written by train.py.")
-    config = yaml.safe_load(config_file.read_text())
-    split = config["model"]["split"]
-    split_args = dict(split.get("init_args", split))
-    algorithm = (config.get("federated") or {}).get("algorithm")
-    if algorithm is not None:  # the CLI links federated.algorithm into the split
-        split_args.setdefault("algorithm", algorithm)
-    return split_args, (config.get("data") or {}).get("tokenizer") or split_args["model"]
+    config = read_config([config_file])
+    return config_views(config), config.data.tokenizer or config.model.split.init_args.model
 
 
 def print_table(result: EvalResult) -> None:
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoTokenizer
 
         from fedbiot_pl.artifacts.run_artifacts import load_run_lora
-        from fedbiot_pl.model.views import SplitModel
 
         run = Path(args.run)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -83,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         ks = [int(k) for k in args.k.split(",")]
         if bad or not variants:
             raise ValueError(f"--variants takes adapfu and/or adapemu, got {args.variants!r}.")
-        if max(ks) > args.num_samples and args.task == "humaneval":
+        if max(ks) > args.num_samples and eval_task(args.task).uses_pass_at_k:
             raise ValueError(f"pass@{max(ks)} needs --num-samples >= {max(ks)}, got {args.num_samples}.")
         data = args.data or DEFAULT_DATA.get(args.task)
         if data is None:
             raise ValueError(f"--data is required for --task {args.task}.")
+        split, tokenizer_name = run_views(run)  # reads the model's config: a missing model is named here
         rows = read_eval_records(args.task, data, args.limit)
-        split_args, tokenizer_name = run_split_args(run)
         ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
         if not args.ckpt and not ckpt.exists():
             ckpt = run / "final_adapter"
@@ -100,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.generation:
             settings = GenerationSettings(**(yaml.safe_load(Path(args.generation).read_text()) or {}))
-        split = SplitModel(**split_args)  # reads the model's config: a missing model is named here
     except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         print(f"fedbiot-evaluate: error: {error}", file=sys.stderr)
         return 2

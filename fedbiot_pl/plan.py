@@ -1,7 +1,7 @@
 """``fedbiot-plan``: what FedBiOT (or a baseline) costs, from the model's ``config.json`` alone.
 
 The full model is instantiated on the meta device (no weights, no memory), split and LoRA-injected
-by :class:`~fedbiot_pl.model.views.SplitModel` exactly as in training, and every figure is a ``numel()``
+by :class:`~fedbiot_pl.model.views.ModelViews` exactly as in training, and every figure is a ``numel()``
 of that model: layers kept, parameter counts, trainable LoRA on clients and server, and the bytes
 one round moves (LoRA as float32) plus the one-time download of the compressed base weights, and an
 estimate of a client's peak training memory (:mod:`fedbiot_pl.scaling.memory`). ``--compare`` puts
@@ -25,19 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from fedbiot_pl.algorithms import ALGORITHMS, algorithm_spec
+from fedbiot_pl.algorithms import ALGORITHMS, Algorithm, resolve_algorithm
 from fedbiot_pl.scaling.memory import client_peak_memory
 from fedbiot_pl.model.location import load_model_config
 from fedbiot_pl.federation.sampling import clients_per_round
-from fedbiot_pl.model.views import DTYPES, SplitModel
+from fedbiot_pl.model.views import DTYPES, ModelViews
 
 LORA_BYTES = 4  # LoRA weights travel as float32
 SPLIT_KEYS = ("adapter_layers", "drop_rate", "bottom_adapter_layers", "lora_r", "lora_alpha", "lora_targets")
 DEFAULTS: dict[str, Any] = {
-    k: v.default for k, v in inspect.signature(SplitModel).parameters.items() if k in SPLIT_KEYS
+    k: v.default for k, v in inspect.signature(ModelViews).parameters.items() if k in SPLIT_KEYS
 }
 
 
@@ -93,7 +92,7 @@ def _quiet() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str = "fedbiot",
+def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str | Algorithm = "fedbiot",
          micro_batch_tokens: int = 4000, **split_kwargs: Any) -> dict[str, Any]:
     """Split ``model`` on the meta device and return every planning figure as a JSON-able dict.
 
@@ -101,10 +100,11 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         model: hub id, model folder, ``config.json`` path or ``embedded:models/stories260K``.
         clients: clients taking part in each round.
         dtype: dtype of the base weights sent once; default the config's.
-        algorithm: ``fedbiot`` or a baseline (:mod:`fedbiot_pl.algorithms`).
+        algorithm: ``fedbiot``, a baseline, or any :class:`~fedbiot_pl.algorithms.Algorithm` (name, class
+            path or object).
         micro_batch_tokens: tokens in one client micro-batch, for the memory estimate (the paper:
             5 examples of up to 800 tokens).
-        **split_kwargs: :class:`SplitModel` split/LoRA arguments (see :data:`SPLIT_KEYS`).
+        **split_kwargs: :class:`ModelViews` split/LoRA arguments (see :data:`SPLIT_KEYS`).
 
     Raises:
         ValueError: an impossible split, LoRA setting or client count, naming the value.
@@ -116,20 +116,21 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         raise ValueError(f"clients must be >= 1, got {clients}.")
     if micro_batch_tokens < 1:
         raise ValueError(f"micro_batch_tokens must be >= 1, got {micro_batch_tokens}.")
-    spec = algorithm_spec(algorithm)
+    algorithm = resolve_algorithm(algorithm)
     with _quiet():
         config = load_model_config(model)
         dtype = dtype or dtype_name(config)
         with torch.device("meta"):
             full = AutoModelForCausalLM.from_config(config)
         try:
-            split = SplitModel.from_model(full, dtype=dtype, algorithm=algorithm, **split_kwargs).build()
+            split = ModelViews.from_model(full, dtype=dtype, algorithm=algorithm, **split_kwargs).build()
         except ValueError as error:
             raise ValueError(str(error).replace("'<in-memory>'", repr(model))) from None
     layout, base = split.layout, count(split.compressed.named_parameters(), lora=False)
     emulator_lora = sum(p.numel() for p in split.lora_parameters("emulator").values())
     adapter_lora = sum(p.numel() for p in split.lora_parameters("adapter").values())
-    moving_emulator = emulator_lora if spec.aligns_each_round else 0
+    # The emulator's LoRA travels every round only where the algorithm re-aligns it every round.
+    moving_emulator = emulator_lora if algorithm.broadcast_part(1) == "all" else 0
     # Backward crosses every layer from the lowest one with trained LoRA up to the top.
     lowest_trained = min(layout.adapter_positions)
     memory = client_peak_memory(
@@ -138,11 +139,11 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         tokens=micro_batch_tokens, dtype_bytes=DTYPES[dtype].itemsize,
     )
     return {
-        "algorithm": algorithm,
+        "algorithm": algorithm.name or type(algorithm).__name__,
         "model": {"name": model, "class": type(full).__name__, "num_layers": layout.num_full_layers,
                   "dtype": dtype},
         "split": {"adapter_layers": len(layout.top_adapter), "bottom_adapter_layers": len(layout.bottom_adapter),
-                  "drop_rate": 0.0 if spec.full_model else split_kwargs.get("drop_rate", DEFAULTS["drop_rate"]), "lora_r": split.lora_r,
+                  "drop_rate": 0.0 if not algorithm.compresses() else split_kwargs.get("drop_rate", DEFAULTS["drop_rate"]), "lora_r": split.lora_r,
                   "lora_alpha": split.lora_alpha, "lora_targets": sorted(split.lora_targets)},
         "layers": {"emulator": list(layout.emulator), "adapter": list(layout.bottom_adapter + layout.top_adapter)},
         "params": {"full": count(split.full.named_parameters(), lora=False), "compressed": base,
@@ -220,30 +221,16 @@ def render_comparison(plans: list[dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------- command line
-def _section(tree: Any, *keys: str) -> dict[str, Any]:
-    """``tree[key]...`` of a train.py YAML, stepping through ``init_args``; ``{}`` where absent."""
-    for key in (*keys, None):
-        if isinstance(tree, dict) and isinstance(tree.get("init_args"), dict):
-            tree = tree["init_args"]
-        if key is not None:
-            tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree if isinstance(tree, dict) else {}
-
-
 def yaml_settings(path: str) -> dict[str, Any]:
-    """Model, split, LoRA, dtype and clients per round from a ``train.py`` YAML."""
-    tree = yaml.safe_load(Path(path).read_text())
-    split = _section(tree, "model", "split")
+    """Model, split, LoRA, dtype, algorithm and clients per round of a ``train.py`` YAML, read by the
+    CLI's own parser (:func:`fedbiot_pl.cli.read_config`: its defaults, links and type checks)."""
+    from fedbiot_pl.cli import config_algorithm, read_config
+
+    config = read_config([path])
+    split = config.model.split.init_args
     found = {k: split[k] for k in ("model", "dtype", *SPLIT_KEYS) if split.get(k) is not None}
-    algorithm = _section(tree, "federated").get("algorithm") or split.get("algorithm")
-    if algorithm is not None:
-        found["algorithm"] = algorithm
-    num_clients = _section(tree, "data").get("num_clients")
-    per_round = _section(tree, "federated").get("clients_per_round")
-    if num_clients is not None:
-        found["clients"] = clients_per_round(num_clients, per_round)
-    elif isinstance(per_round, int):
-        found["clients"] = per_round
+    found["algorithm"] = config_algorithm(config)
+    found["clients"] = clients_per_round(config.data.num_clients, config.federated.clients_per_round)
     return found
 
 
@@ -286,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             result = compare(**settings)
         else:
             result = plan(**settings)
-    except (OSError, ValueError, yaml.YAMLError) as error:
+    except (OSError, ValueError) as error:
         print(f"fedbiot-plan: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     if args.json:

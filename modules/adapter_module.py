@@ -6,11 +6,11 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from fedbiot_pl.algorithms import ProximalKind
+from fedbiot_pl.algorithms.base import ProximalKind
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.losses import lora_param_proximal, lora_proximal
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 
 
 class AdapterFinetuneModule(LoRAPartModule):
@@ -42,7 +42,7 @@ class AdapterFinetuneModule(LoRAPartModule):
 
     def __init__(
         self,
-        split: SplitModel,
+        split: ModelViews,
         proximal_weight: float = 0.0,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -91,10 +91,3 @@ class AdapterFinetuneModule(LoRAPartModule):
         if self.hparams.log_steps:
             self.log_dict(logs, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
-
-    @override
-    def on_fit_end(self) -> None:
-        super().on_fit_end()
-        # Drop the last step's gradients so that nothing stale is left on the shared model.
-        for param in self.split.lora_parameters(self.trained_part).values():
-            param.grad = None

@@ -10,7 +10,7 @@ from fedbiot_pl.model.capture import capture_output, run_until_stopped
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.losses import causal_lm_ce, kl_teacher_student, normalized_l2
 from fedbiot_pl.modules.evaluation_steps import SplitEvaluationModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 
 
 class EmulatorAlignmentModule(SplitEvaluationModule):
@@ -53,7 +53,7 @@ class EmulatorAlignmentModule(SplitEvaluationModule):
 
     def __init__(
         self,
-        split: SplitModel,
+        split: ModelViews,
         kl_weight: float = 0.0,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.95),

@@ -11,14 +11,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from fedbiot_pl.evaluation import generation as evaluation  # as a module: fedbiot_pl.evaluation.generation imports this package
+from fedbiot_pl.evaluation import generation as evaluation  # as a module: it imports this package
+from fedbiot_pl.evaluation.tasks import eval_task
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.artifacts.export import write_text_atomic
 from fedbiot_pl.model.losses import causal_lm_ce
 from fedbiot_pl.modules.generation_module import GenerationModule, Variant
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule, lora_only
 from fedbiot_pl.federation.rng_state import capture_rng, restore_rng
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 
 VARIANTS: tuple[Variant, ...] = ("adapfu", "adapemu")
 
@@ -43,7 +44,7 @@ class SplitEvaluationModule(LoRAPartModule):
     A checkpoint given to ``validate``/``test`` (``ckpt_path``) must hold this split's LoRA.
     """
 
-    def __init__(self, split: SplitModel, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
+    def __init__(self, split: ModelViews, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
         super().__init__(split, lr, betas, weight_decay)
         self.val_loss = nn.ModuleDict({variant: MeanMetric().set_dtype(torch.float64) for variant in VARIANTS})
         self._test_state: dict[str, Any] = {}
@@ -123,11 +124,12 @@ class SplitEvaluationModule(LoRAPartModule):
             torch.manual_seed(settings.seed)
             state["seeded"].add(variant)
         self.split.eval()
-        if settings.task == "mc":
+        task = eval_task(settings.task)
+        if not task.generates:  # ranks the row's choices by log-likelihood
             for index, row in zip(batch["ids"], rows):
-                scores = evaluation.choice_scores(self.variant_model(variant), data.tokenizer, row)
-                metrics["accuracy"].update([scores], [row["answer"]])
-                predictions.append(evaluation.choice_record(index, scores))
+                scores = evaluation.choice_scores(self.variant_model(variant), data.tokenizer, row, settings.task)
+                task.update_choices(metrics, row, scores)
+                predictions.append(task.choice_record(index, scores))
             return
         generator = GenerationModule(self.split, data.tokenizer, variant, settings.generation)
         raw = generator.generate(batch["input_ids"], batch["attention_mask"])

@@ -11,7 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.data.tokenization import GenerationCollator, encode_prompt
 
 Variant = Literal["adapfu", "adapemu"]
@@ -66,7 +66,7 @@ class GenerationModule(LightningModule):
             does not depend on what drew from the global generator before.
     """
 
-    def __init__(self, split: SplitModel, tokenizer: Any, variant: Variant = "adapfu",
+    def __init__(self, split: ModelViews, tokenizer: Any, variant: Variant = "adapfu",
                  settings: GenerationSettings | None = None, seed: int | None = None) -> None:
         super().__init__()
         if variant not in ("adapfu", "adapemu"):

@@ -1,4 +1,4 @@
-"""What both FedBiOT modules share: a SplitModel, one trained LoRA part, AdamW, LoRA-only checkpoints."""
+"""What both FedBiOT modules share: a ModelViews, one trained LoRA part, AdamW, LoRA-only checkpoints."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.quiet import EVAL_MODE_WARNING, expected_warnings
-from fedbiot_pl.model.views import Part, SplitModel
+from fedbiot_pl.model.views import Part, ModelViews
 
 CHECKPOINT_PREFIX = "split.compressed."
 
@@ -26,7 +26,7 @@ def lora_only(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 class LoRAPartModule(LightningModule):
-    """A LightningModule that trains the LoRA of one part (``trained_part``) of a :class:`SplitModel`.
+    """A LightningModule that trains the LoRA of one part (``trained_part``) of a :class:`ModelViews`.
 
     Subclasses set ``trained_part`` and implement ``training_step``. The model is built in
     ``configure_model`` (idempotent, so a shared split is built once), the optimizer is AdamW over
@@ -35,7 +35,7 @@ class LoRAPartModule(LightningModule):
 
     trained_part: Part
 
-    def __init__(self, split: SplitModel, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
+    def __init__(self, split: ModelViews, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}.")

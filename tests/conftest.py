@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import pytest
 import torch
 from transformers import (
@@ -12,6 +14,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from fedbiot_pl.testing.faults import Faults, attach_faults
 
 TINY = dict(
     vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
@@ -56,3 +60,29 @@ def padded_batch(seed: int = 1, vocab: int = 128, length: int = 12, padding: int
 @pytest.fixture
 def batch() -> dict[str, torch.Tensor]:
     return padded_batch()
+
+
+class AttachedFaults:
+    """The ``faults`` fixture: ``faults([...])`` attaches faults (:func:`fedbiot_pl.testing.faults.attach_faults`)
+    in place of those it attached before, like ``monkeypatch.setenv``; ``faults.clear()`` detaches them."""
+
+    def __init__(self) -> None:
+        self._detach: Callable[[], None] | None = None
+
+    def __call__(self, faults: Faults) -> Callable[[], None]:
+        self.clear()
+        self._detach = attach_faults(faults)
+        return self.clear
+
+    def clear(self) -> None:
+        if self._detach is not None:
+            self._detach()
+            self._detach = None
+
+
+@pytest.fixture
+def faults() -> Iterator[AttachedFaults]:
+    """Attach faults for one test; whatever it attached is detached at teardown, even after a failure."""
+    attached = AttachedFaults()
+    yield attached
+    attached.clear()

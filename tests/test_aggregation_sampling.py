@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fedbiot_pl.federation.aggregation import fedavg
-from fedbiot_pl.federation.messages import CommLedger, payload_bytes
+from fedbiot_pl.federation.ledger import CommLedger
+from fedbiot_pl.federation.messages import payload_bytes
 from fedbiot_pl.federation.sampling import clients_per_round, sample_clients
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from peft import PeftConfig
 
-from fedbiot_pl.algorithms import ALGORITHMS, algorithm_issues
+from fedbiot_pl.algorithms import ALGORITHMS, RunSettings
 from fedbiot_pl.callbacks import ClientValidation
 from fedbiot_pl.cli import FedBiOTCLI, main
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
-from fedbiot_pl.evaluate import run_split_args
+from fedbiot_pl.evaluate import run_views
 from fedbiot_pl.modules import EmulatorAlignmentModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +30,11 @@ def cli(*configs: str, **overrides: str) -> FedBiOTCLI:
 def test_every_algorithm_on_every_task_recipe(task, algorithm):
     made = cli(f"{task}.yaml", f"algorithms/{algorithm}.yaml")
     loop = next(cb for cb in made.trainer.callbacks if hasattr(cb, "round_index"))
-    split, spec = made.model.split, loop.spec
-    assert loop.algorithm == split.algorithm == algorithm  # the switch reached both
+    split = made.model.split.use_algorithm(loop.algorithm)  # as the loop's set-up does
+    assert loop.algorithm_name == split.algorithm_name == algorithm and split.algorithm is loop.algorithm
     clients = 1 if algorithm == "offsite_tuning" else TASKS[task]
     assert made.datamodule.num_clients == clients
-    assert algorithm_issues(spec, num_clients=clients, pre_alignment_rounds=loop.pre_alignment_rounds,
-                            proximal_weight=loop.client_hparams["proximal_weight"]) == []
+    assert loop.algorithm.check(RunSettings(clients, loop.pre_alignment_rounds, loop.client_optim.proximal_weight)) == []
     layout = split.layout  # stories260K: 5 layers
     expected = {"fedbiot": ((), (0, 2), (3, 4)), "offsite_tuning": ((0, 1), (2,), (3, 4)), "fedot": ((0, 1), (2,), (3, 4)),
                 "fedavg_lora": ((), (), (0, 1, 2, 3, 4)), "fedprox": ((), (), (0, 1, 2, 3, 4))}[algorithm]
@@ -47,7 +46,7 @@ def test_one_shot_distillation_overlay_sets_the_distillation_weights():
     hp = made.model.hparams
     assert (hp.l2_weight, hp.ce_weight, hp.kl_weight) == (0.9, 0.1, 0.0)
     loop = next(cb for cb in made.trainer.callbacks if hasattr(cb, "round_index"))
-    assert loop.algorithm == "fedot" and loop.pre_alignment_rounds == 2
+    assert loop.algorithm_name == "fedot" and loop.pre_alignment_rounds == 2
 
 
 @pytest.mark.slow
@@ -80,7 +79,8 @@ def test_fedavg_lora_run_through_the_cli_exports_a_full_model_adapter(tmp_path):
     # AdapFu and AdapEmu are the same model when clients hold the full model
     assert history[1]["adapemu_loss"] == pytest.approx(history[1]["adapfu_loss"], rel=1e-6)
     # evaluation rebuilds the same split from the run folder
-    assert run_split_args(run)[0]["algorithm"] == "fedavg_lora"
+    views = run_views(run)[0]
+    assert views.algorithm_name == "fedavg_lora" and views.layout.emulator == ()
 
 
 def test_client_validation_loss_is_the_token_weighted_mean(tmp_path):

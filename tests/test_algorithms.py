@@ -5,12 +5,13 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-from fedbiot_pl.algorithms import ALGORITHMS, algorithm_issues, algorithm_spec
+from fedbiot_pl import hooks
+from fedbiot_pl.algorithms import ALGORITHMS, LayoutRequest, RunSettings
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.model.layer_drop import layer_layout
 from fedbiot_pl.model.losses import lora_param_proximal
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 
@@ -21,7 +22,7 @@ LORA_PER_LAYER = (8 * 64 + 64 * 8) + (8 * 64 + 32 * 8)
 
 def run(algorithm: str, tmp_path, rounds: int = 2, pre_alignment_rounds: int = 0, data=None, split=None,
         module_kwargs=None, **loop_kwargs):
-    split = split or SplitModel(STORIES, adapter_layers=2, drop_rate=0.2, algorithm=algorithm)
+    split = split or ModelViews(STORIES, adapter_layers=2, drop_rate=0.2).use_algorithm(algorithm)
     module = EmulatorAlignmentModule(split, lr=1e-2, **({"kl_weight": 1.0} | (module_kwargs or {})))
     loop_kwargs = {"local_steps": 3, "client_accumulate_grad_batches": 1, "client_lr": 2e-2, "align_steps": 2,
                    "export_final_adapter": False} | loop_kwargs
@@ -35,29 +36,30 @@ def run(algorithm: str, tmp_path, rounds: int = 2, pre_alignment_rounds: int = 0
     return module, loop, before, trainer
 
 
-def changed_lora_layers(split: SplitModel, before: dict) -> set[int]:
+def changed_lora_layers(split: ModelViews, before: dict) -> set[int]:
     """Compressed-model positions whose LoRA moved."""
     after = split.state_dict()
     return {int(k.split(".layers.")[1].split(".")[0]) for k in after
             if k.startswith("compressed.") and "lora_" in k and not torch.equal(after[k], before[k])}
 
 
-def base_unchanged(split: SplitModel, before: dict) -> bool:
+def base_unchanged(split: ModelViews, before: dict) -> bool:
     after = split.state_dict()
     return all(torch.equal(after[k], before[k]) for k in after if "lora_" not in k)
 
 
 def test_layouts_per_algorithm():
-    fedot = layer_layout(32, 2, 0.2, bottom_adapter_layers=algorithm_spec("fedot").bottom_adapter_layers)
+    fedot = ALGORITHMS["fedot"]().layout(32, LayoutRequest(2, 0.2))
     # the reference's FedOT/offsite-tuning split: layers 0,1 and 30,31 adapt, 22 of layers 2..29 emulate
     assert fedot.bottom_adapter == (0, 1) and fedot.top_adapter == (30, 31) and len(fedot.emulator) == 22
-    full = layer_layout(32, 2, 0.2, full_model=True)
+    full = ALGORITHMS["fedavg_lora"]().layout(32, LayoutRequest(2, 0.2))
+    assert full == layer_layout(32, 2, 0.2, full_model=True)
     assert full.emulator == () and full.adapter_positions == tuple(range(32)) and full.compressed == tuple(range(32))
-    split = SplitModel(STORIES, algorithm="offsite_tuning")
+    split = ModelViews(STORIES).use_algorithm("offsite_tuning")
     assert split.layout.compressed == (0, 1, 2, 3, 4) and split.layout.emulator == (2,)
-    assert SplitModel(STORIES, algorithm="fedot", bottom_adapter_layers=1).layout.bottom_adapter == (0,)
+    assert ModelViews(STORIES, bottom_adapter_layers=1).use_algorithm("fedot").layout.bottom_adapter == (0,)
     with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'.*fedavg_lora"):
-        SplitModel(STORIES, algorithm="fedsgd")
+        ModelViews(STORIES).use_algorithm("fedsgd")
 
 
 @pytest.mark.parametrize(
@@ -81,17 +83,21 @@ def test_each_algorithm_trains_only_its_parameters(tmp_path, algorithm, trained,
 
 
 class EmulatorWatch(FederatedLoop):
-    """Records the emulator LoRA before every client fit."""
+    """Records the emulator LoRA before every client fit (at the ``client_fit`` hook point)."""
 
     seen: list[dict]
 
-    def fit_client(self, trainer, client_id, round_idx, datamodule):
-        self.seen.append(trainer.lightning_module.split.lora_state("emulator"))
-        return super().fit_client(trainer, client_id, round_idx, datamodule)
+    def on_fit_start(self, trainer, pl_module):
+        super().on_fit_start(trainer, pl_module)
+        self._detach = hooks.attach("client_fit", lambda **_: self.seen.append(pl_module.split.lora_state("emulator")))
+
+    def on_fit_end(self, trainer, pl_module):
+        self._detach()
+        super().on_fit_end(trainer, pl_module)
 
 
 def test_fedot_without_alignment_never_changes_the_emulator(tmp_path):
-    split = SplitModel(STORIES, algorithm="fedot")
+    split = ModelViews(STORIES).use_algorithm("fedot")
     split.build()
     initial = split.lora_state("emulator")
     loop = EmulatorWatch(algorithm="fedot", rounds=3, local_steps=3, client_accumulate_grad_batches=1,
@@ -107,7 +113,7 @@ def test_fedot_without_alignment_never_changes_the_emulator(tmp_path):
 
 
 def test_fedot_one_shot_distillation_aligns_only_before_the_rounds(tmp_path):
-    split = SplitModel(STORIES, algorithm="fedot")
+    split = ModelViews(STORIES).use_algorithm("fedot")
     split.build()
     initial = split.lora_state("emulator")
     loop = EmulatorWatch(algorithm="fedot", rounds=2, pre_alignment_rounds=2, align_steps=2, local_steps=2,
@@ -124,7 +130,7 @@ def test_fedot_one_shot_distillation_aligns_only_before_the_rounds(tmp_path):
 
 
 def test_alignment_loss_weights_combine_l2_kl_and_ce(batch):
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5, lora_dropout=0.0).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5, lora_dropout=0.0).build()
     parts = EmulatorAlignmentModule(split, kl_weight=1.0, l2_weight=1.0, ce_weight=1.0).alignment_losses(
         batch["input_ids"], batch["attention_mask"], batch["labels"]
     )
@@ -146,7 +152,7 @@ def test_fedavg_lora_on_one_client_equals_plain_lora_finetuning(tmp_path):
     full = tiny_llama(num_layers=4)
     reference = tiny_llama(num_layers=4)
     reference.load_state_dict(full.state_dict())
-    split = SplitModel.from_model(full, algorithm="fedavg_lora", lora_dropout=0.0, lora_targets=["q_proj", "v_proj", "down_proj"])
+    split = ModelViews.from_model(full, algorithm="fedavg_lora", lora_dropout=0.0, lora_targets=["q_proj", "v_proj", "down_proj"])
     split.build()
     with torch.no_grad():  # give B a non-zero start so that every factor gets gradients from step one
         for param in split.lora_parameters("all").values():
@@ -181,7 +187,7 @@ def test_fedprox_term_is_half_the_squared_distance_of_the_factors():
     a0, b0 = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0], [1.0]])
     # 1/2 * ((1)^2 + (2^2 + 3^2)) = 7
     assert lora_param_proximal([(a, b, a0, b0, 2.0)]).item() == pytest.approx(7.0)
-    split = SplitModel.from_model(tiny_llama(), algorithm="fedprox").build()
+    split = ModelViews.from_model(tiny_llama(), algorithm="fedprox").build()
     module = AdapterFinetuneModule(split, proximal_weight=1.0, proximal="params")
     module.on_fit_start()
     with torch.no_grad():
@@ -199,12 +205,12 @@ def test_settings_that_contradict_the_algorithm_fail_with_the_fix():
         FederatedLoop(algorithm="fedprox")
     with pytest.raises(ValueError, match="no emulator to align"):
         FederatedLoop(algorithm="fedavg_lora", pre_alignment_rounds=2)
-    assert algorithm_issues(ALGORITHMS["offsite_tuning"], num_clients=3, pre_alignment_rounds=0, proximal_weight=0)[0] \
+    assert ALGORITHMS["offsite_tuning"]().check(RunSettings(num_clients=3))[0] \
         .startswith("algorithm 'offsite_tuning' trains one client")
 
 
 def test_loop_refuses_a_split_made_for_another_algorithm_and_offsite_tuning_with_many_clients(tmp_path):
-    with pytest.raises(ValueError, match="split was made for algorithm 'fedbiot' but the loop runs 'fedot'"):
-        run("fedot", tmp_path, split=SplitModel(STORIES))
+    with pytest.raises(ValueError, match="views were built for 'fedbiot'; build new views for 'fedot'"):
+        run("fedot", tmp_path, split=ModelViews(STORIES))
     with pytest.raises(ValueError, match="set data.num_clients to 1"):
         run("offsite_tuning", tmp_path)

@@ -1,7 +1,6 @@
 """Damaged checkpoints: checksummed when written, named when found, replaced by the newest intact one."""
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -19,7 +18,7 @@ from fedbiot_pl.artifacts.checkpoint_integrity import (
 from fedbiot_pl.artifacts.checkpoint_io import AtomicCheckpointIO
 from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.testing.faults import ENV, InjectedCrash
+from fedbiot_pl.testing.faults import InjectedCrash
 
 
 def save(folder: Path, name: str, epoch: int, value: float = 1.0) -> Path:
@@ -74,9 +73,9 @@ def test_a_symlinked_last_is_checked_through_its_target(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["last.ckpt", "last.ckpt.sha256"])
-def test_a_crash_between_checkpoint_and_checksum_leaves_a_file_that_checks(tmp_path, monkeypatch, name):
+def test_a_crash_between_checkpoint_and_checksum_leaves_a_file_that_checks(tmp_path, faults, name):
     save(tmp_path, "last.ckpt", 1, value=1.0)
-    monkeypatch.setenv(ENV, json.dumps([{"point": "file_write", "name": name, "action": "crash"}]))
+    faults([{"point": "file_write", "name": name, "action": "crash"}])
     with pytest.raises(InjectedCrash):
         save(tmp_path, "last.ckpt", 2, value=2.0)
     # before the rename: the old checkpoint; after it, before the new checksum: the new one; no sidecar

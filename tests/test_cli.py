@@ -25,7 +25,7 @@ def test_every_config_parses_against_the_cli(config, capsys):
         main(["fit", *base, "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert "class_path: fedbiot_pl.SplitModel" in printed and "federated:" in printed
+    assert "class_path: fedbiot_pl.ModelViews" in printed and "federated:" in printed
 
 
 def test_cli_defaults_write_atomically_and_resume_in_place(capsys):

@@ -160,7 +160,7 @@ def test_model_location_forms(tmp_path, monkeypatch):
 def test_a_hub_id_transformers_cannot_load_is_named_with_the_accepted_forms(monkeypatch):
     from transformers import AutoConfig
 
-    from fedbiot_pl.model.views import SplitModel
+    from fedbiot_pl.model.views import ModelViews
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nmore")
@@ -168,7 +168,7 @@ def test_a_hub_id_transformers_cannot_load_is_named_with_the_accepted_forms(monk
     monkeypatch.setattr(AutoConfig, "from_pretrained", offline)
     with pytest.raises(MissingPathError, match=r"model='runs/x' is no local folder and could not be loaded as a hub "
                                                r"id \(OSError: We couldn't connect.*\); a model argument is"):
-        SplitModel("runs/x")
+        ModelViews("runs/x")
 
 
 # ---------------------------------------------------------------- client counts

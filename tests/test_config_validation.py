@@ -6,7 +6,7 @@ from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.testing.faults import parse_faults
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.test_federated_loop import make_module, server_trainer
 from tests.toy_data import ToyFederatedData
 
@@ -28,13 +28,13 @@ LINEAR = "['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v
 )
 def test_impossible_splits_name_the_field_and_the_allowed_values(kwargs, message):
     with pytest.raises(ValueError) as info:
-        SplitModel(MODEL, **kwargs)
+        ModelViews(MODEL, **kwargs)
     assert message in str(info.value)
 
 
 def test_every_split_problem_is_reported_at_once():
     with pytest.raises(ValueError) as info:
-        SplitModel(MODEL, adapter_layers=5, drop_rate=1.5, lora_targets=["qkv"], lora_r=0)
+        ModelViews(MODEL, adapter_layers=5, drop_rate=1.5, lora_targets=["qkv"], lora_r=0)
     message = str(info.value)
     for part in ("lora_r must be >= 1, got 0", "must be smaller than the model's 5 decoder layers",
                  "drop_rate must be in [0, 1), got 1.5", "lora_targets ['qkv']"):
@@ -77,7 +77,7 @@ def test_the_cli_fails_before_training(tmp_path, capsys):
         main(["fit", "--config", str(DEFAULT_CONFIG), "--federated.algorithm", "fedsgd"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert 'Parser key "federated.algorithm"' in err and "'fedbiot', 'offsite_tuning', 'fedot'" in err
+    assert "unknown algorithm 'fedsgd'; choose one of ['fedavg_lora', 'fedbiot', 'fedot', 'fedprox'," in err
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(DEFAULT_CONFIG), "--model.split.init_args.lora_targets", "[q_proj, qkv]",
               "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)])
@@ -93,3 +93,20 @@ def test_fault_specs_are_checked():
     assert "point 'align' is not one of ['client_fit', 'client_step', 'upload', 'align_step', 'file_write']" in message
     assert "action 'explode' is not one of ['kill', 'crash', 'raise', 'sleep'," in message
     assert "unknown keys ['when']" in message
+    # an action or context key the point does not have, or a wrongly typed value, would never fire as meant
+    with pytest.raises(ValueError) as info:
+        parse_faults([{"point": "align_step", "action": "nan", "client": 1},
+                      {"point": "file_write", "action": "sleep", "name": 3, "seconds": "long"},
+                      {"point": "upload", "action": "raise", "factor": 2}, "kill"])
+    message = str(info.value)
+    assert "fault 0: action 'nan' does not apply at align_step; choose one of ['kill', 'crash', 'raise', 'sleep']" \
+        in message
+    assert "fault 0: align_step has no context keys ['client'] (it would never fire); its keys: ['epoch', 'step']" \
+        in message
+    assert "fault 1: name 3 is not a string" in message and "fault 1: seconds 'long' is not a non-negative number" \
+        in message
+    assert "fault 2: 'factor' only applies to action 'scale'" in message and "fault 3: 'kill' is not an object" in message
+    with pytest.raises(ValueError, match="faults: not JSON"):
+        parse_faults("[{point: upload}]")
+    assert parse_faults('{"point": "upload", "client": 0, "action": "scale", "factor": 10}') == (
+        {"point": "upload", "client": 0, "action": "scale", "factor": 10},)

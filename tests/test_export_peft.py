@@ -5,13 +5,13 @@ import json
 import torch
 from peft import AutoPeftModelForCausalLM
 
-from fedbiot_pl import SplitModel
+from fedbiot_pl import ModelViews
 from fedbiot_pl.assets import DEFAULT_MODEL, resolve
 from fedbiot_pl.artifacts.export import export_adapters
 
 
 def test_exported_adapfu_loads_with_auto_peft_and_matches_adapfu_logits(tmp_path):
-    split = SplitModel(DEFAULT_MODEL, adapter_layers=2, drop_rate=0.2).build()
+    split = ModelViews(DEFAULT_MODEL, adapter_layers=2, drop_rate=0.2).build()
     generator = torch.Generator().manual_seed(3)
     # Trained-looking LoRA: peft initialises B to zero, which would make any adapter look right.
     split.load_lora_state({key: torch.randn(value.shape, generator=generator) * 0.1
@@ -32,7 +32,7 @@ def test_exported_adapfu_loads_with_auto_peft_and_matches_adapfu_logits(tmp_path
 
 
 def test_hub_ids_and_user_folders_are_written_as_given(tmp_path):
-    split = SplitModel(DEFAULT_MODEL, adapter_layers=2, drop_rate=0.2).build()
+    split = ModelViews(DEFAULT_MODEL, adapter_layers=2, drop_rate=0.2).build()
     for name in ("meta-llama/Llama-2-7b-hf", "./models/my-llama"):
         split.model_name = name
         out = export_adapters(split, tmp_path / name.replace("/", "_"))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import fedbiot_pl.callbacks.federated_loop as loop_module
+from fedbiot_pl.algorithms import FedBiOT
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.toy_data import ToyFederatedData
 
 # stories260K: q_proj 64->64 and v_proj 64->32 (4 KV heads x 8), r = 8
@@ -23,36 +23,46 @@ def server_trainer(tmp_path, loop, **kwargs) -> L.Trainer:
 
 def make_module(kl_weight: float = 1.0) -> EmulatorAlignmentModule:
     # The real pretrained stories260K (5 layers): emulator = layers 0, 2; adapter = layers 3, 4.
-    split = SplitModel("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2)
+    split = ModelViews("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2)
     return EmulatorAlignmentModule(split, kl_weight=kl_weight, lr=1e-2)
 
 
 class RecordingLoop(FederatedLoop):
-    """Snapshots the emulator LoRA around every client fit."""
+    """Snapshots the emulator LoRA around every client fit (wrapping the runner's client side)."""
 
     emulator_changes: list[bool]
 
-    def fit_client(self, trainer, client_id, round_idx, datamodule):
-        split = trainer.lightning_module.split
-        before = split.lora_state("emulator")
-        loss = super().fit_client(trainer, client_id, round_idx, datamodule)
-        after = split.lora_state("emulator")
-        self.emulator_changes.append(any(not torch.equal(before[k], after[k]) for k in before))
-        return loss
+    def on_fit_start(self, trainer, pl_module):
+        super().on_fit_start(trainer, pl_module)
+        clients, split = self.runner.clients, pl_module.split
+        run_client = clients.run
+
+        def recorded(*args, **kwargs):
+            before = split.lora_state("emulator")
+            reply = run_client(*args, **kwargs)
+            after = split.lora_state("emulator")
+            self.emulator_changes.append(any(not torch.equal(before[k], after[k]) for k in before))
+            return reply
+
+        clients.run = recorded
 
 
-def test_round_trains_clients_aggregates_and_counts_bytes(tmp_path, monkeypatch):
-    calls = []
+class SpyFedBiOT(FedBiOT):
+    """FedBiOT that records every aggregation (the algorithm object is the injection point)."""
 
-    def spy(states, weights):
-        out = loop_module.fedavg.__wrapped__(states, weights)
-        calls.append((states, list(weights), out))
+    def __init__(self):
+        self.calls = []
+
+    def aggregate(self, uploads, weights):
+        out = super().aggregate(uploads, weights)
+        self.calls.append((uploads, list(weights), out))
         return out
 
-    spy.__wrapped__ = loop_module.fedavg
-    monkeypatch.setattr(loop_module, "fedavg", spy)
-    spy.__wrapped__ = spy.__wrapped__  # keep the original reachable
-    loop = RecordingLoop(rounds=4, pre_alignment_rounds=1, align_steps=2, local_steps=3,
+
+def test_round_trains_clients_aggregates_and_counts_bytes(tmp_path):
+    algorithm = SpyFedBiOT()
+    calls = algorithm.calls
+    loop = RecordingLoop(algorithm=algorithm, rounds=4, pre_alignment_rounds=1, align_steps=2, local_steps=3,
                          client_accumulate_grad_batches=1, client_lr=2e-2, proximal_weight=0.1)
     loop.emulator_changes = []
     module, data = make_module(), ToyFederatedData(vocab=512)

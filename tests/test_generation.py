@@ -8,13 +8,13 @@ from fedbiot_pl.evaluation.generation import build_prompts, generate, read_eval_
 from fedbiot_pl.modules import GenerationModule, GenerationSettings
 from fedbiot_pl.modules.generation_module import left_padded_batches
 from fedbiot_pl.artifacts.run_artifacts import load_run_lora
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 
 
 @pytest.fixture(scope="module")
 def stories():
-    split = SplitModel("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2).build()
+    split = ModelViews("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2).build()
     with torch.no_grad():
         for p in split.lora_parameters("all").values():
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
@@ -49,7 +49,7 @@ def test_code_prompt_and_python_post_processing():
 
 def test_untrained_adapfu_is_exactly_the_full_model(batch):
     full = tiny_llama().eval()
-    split = SplitModel.from_model(full, adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(full, adapter_layers=2, drop_rate=0.5).build()
     split.eval()
     with torch.no_grad():
         expected = full(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -136,3 +136,12 @@ def test_choice_logliks_equal_a_hand_sum_and_mc_accuracy(tmp_path, stories):
     rows_file.write_text(json.dumps({"question": "q", "choices": ["a"], "answer": 0}) + "\n")
     with pytest.raises(ValueError, match="row 1 needs `choices`"):
         read_eval_records("mc", str(rows_file))
+
+
+def test_generate_leaves_the_shared_model_where_it_is(stories, monkeypatch):
+    # Lightning's default teardown calls `.cpu()` on the module: on a GPU that would move the split being trained
+    split, tokenizer = stories
+    moved = []
+    monkeypatch.setattr(GenerationModule, "cpu", lambda self: moved.append(self) or self)
+    out = generate(split, tokenizer, ["Tom"], "adapemu", GenerationSettings(max_new_tokens=2), batch_size=1)
+    assert len(out) == 1 and moved == []

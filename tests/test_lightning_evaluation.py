@@ -20,13 +20,14 @@ from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluate import main as evaluate
-from fedbiot_pl.evaluate import run_split_args
+from fedbiot_pl.cli import config_views, read_config
+from fedbiot_pl.evaluate import run_views
 from fedbiot_pl.evaluation.generation import evaluate_split, read_eval_records
 from fedbiot_pl.evaluation.settings import EvaluationSettings
 from fedbiot_pl.evaluation.metrics import rouge_l
 from fedbiot_pl.modules import EmulatorAlignmentModule, GenerationSettings
 from fedbiot_pl.artifacts.run_artifacts import load_run_lora
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.toy_data import ToyFederatedData, counting_batch
 
 DOLLY = "embedded:data/dolly/dolly_sample.jsonl"
@@ -61,7 +62,7 @@ def run(tmp_path_factory):
 
 
 def loaded_split(run, ckpt=None):
-    split = SplitModel(**run_split_args(run)[0]).build()
+    split = run_views(run)[0].build()
     if ckpt is not None:
         split.load_lora_state(load_run_lora(ckpt))
     return split.eval()
@@ -168,7 +169,7 @@ def test_trainer_test_with_a_round_checkpoint_from_python(run, tmp_path, task):
     generation = GenerationSettings(max_new_tokens=8, do_sample=sampled, num_return_sequences=2 if sampled else 1)
     settings = EvaluationSettings(task=task, data=data_file and str(data_file), limit=3, shots=1, batch_size=2,
                                   generation=generation, seed=5, k=[1, 2] if sampled else [1])
-    module = EmulatorAlignmentModule(SplitModel(**run_split_args(run_dir)[0]), kl_weight=1.0)
+    module = EmulatorAlignmentModule(run_views(run_dir)[0], kl_weight=1.0)
     data = FederatedInstructionDataModule(evaluation=settings)
     trainer = L.Trainer(accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False,
                         enable_model_summary=False)
@@ -186,7 +187,8 @@ def test_trainer_test_with_a_round_checkpoint_from_python(run, tmp_path, task):
 
 def test_a_checkpoint_of_another_split_is_refused(run, tmp_path):
     run_dir, ckpt = run
-    other = EmulatorAlignmentModule(SplitModel(**{**run_split_args(run_dir)[0], "lora_targets": ["q_proj"]}), kl_weight=1.0)
+    other = EmulatorAlignmentModule(
+        config_views(read_config([run_dir / "config.yaml"], ["--model.split.init_args.lora_targets=[q_proj]"])), kl_weight=1.0)
     data = FederatedInstructionDataModule(evaluation=EvaluationSettings(limit=1))
     trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
                         enable_model_summary=False)
@@ -195,7 +197,7 @@ def test_a_checkpoint_of_another_split_is_refused(run, tmp_path):
 
 
 def test_validate_without_held_out_rows_names_val_fraction(tmp_path):
-    module = EmulatorAlignmentModule(SplitModel("embedded:models/stories260K", adapter_layers=2), kl_weight=1.0)
+    module = EmulatorAlignmentModule(ModelViews("embedded:models/stories260K", adapter_layers=2), kl_weight=1.0)
     data = FederatedInstructionDataModule(max_task_examples=15, max_public_examples=5, max_length=512)
     trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
                         enable_model_summary=False)
@@ -231,7 +233,7 @@ class ValidatedToyData(ToyFederatedData):
 
 
 def test_round_checkpoints_follow_every_round_when_validation_skips_epochs(tmp_path):
-    split = SplitModel("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2)
+    split = ModelViews("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2)
     loop = FederatedLoop(rounds=2, pre_alignment_rounds=1, align_steps=1, local_steps=1,
                          client_accumulate_grad_batches=1)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="round-{epoch}", save_top_k=-1, every_n_epochs=1)

@@ -5,7 +5,7 @@ import torch
 
 from fedbiot_pl.model.losses import kl_teacher_student, normalized_l2
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 
@@ -15,7 +15,7 @@ def lean_trainer(steps: int) -> L.Trainer:
                      enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0)
 
 
-def snapshot(split: SplitModel) -> dict[str, torch.Tensor]:
+def snapshot(split: ModelViews) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in split.named_parameters()}
 
 
@@ -35,7 +35,7 @@ def layer_outputs(model, batch):
     return outputs, out
 
 
-def randomize_lora(split: SplitModel, std: float = 0.1) -> None:
+def randomize_lora(split: ModelViews, std: float = 0.1) -> None:
     with torch.no_grad():
         for p in split.lora_parameters("all").values():
             p.normal_(0, std)
@@ -43,7 +43,7 @@ def randomize_lora(split: SplitModel, std: float = 0.1) -> None:
 
 def test_alignment_losses_match_a_hand_composed_reference(batch):
     full = tiny_llama().eval()
-    split = SplitModel.from_model(full, adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(full, adapter_layers=2, drop_rate=0.5).build()
     randomize_lora(split)
     split.set_trainable("emulator")
     split.eval()  # no dropout, so both paths are deterministic
@@ -66,7 +66,7 @@ def test_alignment_losses_match_a_hand_composed_reference(batch):
 
 
 def test_alignment_losses_vanish_when_nothing_is_dropped(batch):
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.0).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.0).build()
     split.set_trainable("emulator")
     split.eval()
     losses = EmulatorAlignmentModule(split, kl_weight=1.0).alignment_losses(batch["input_ids"], batch["attention_mask"])
@@ -74,7 +74,7 @@ def test_alignment_losses_vanish_when_nothing_is_dropped(batch):
 
 
 def test_kl_weight_zero_skips_the_logits(batch):
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     split.set_trainable("emulator")
     calls = []
     split.full.lm_head.register_forward_hook(lambda *a: calls.append(1))
@@ -83,7 +83,7 @@ def test_kl_weight_zero_skips_the_logits(batch):
 
 
 def test_alignment_fit_changes_only_the_emulator_lora():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     randomize_lora(split)  # B != 0 everywhere so that every LoRA tensor gets a gradient
     before = snapshot(split)
     lean_trainer(3).fit(EmulatorAlignmentModule(split, kl_weight=1.0, lr=1e-2), ToyFederatedData().train_dataloader())
@@ -92,7 +92,7 @@ def test_alignment_fit_changes_only_the_emulator_lora():
 
 
 def test_client_fit_changes_only_the_adapter_lora():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     randomize_lora(split)
     before = snapshot(split)
     data = ToyFederatedData()
@@ -103,7 +103,7 @@ def test_client_fit_changes_only_the_adapter_lora():
 
 
 def test_proximal_term_has_the_hand_computed_gradient():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     randomize_lora(split)
     module = AdapterFinetuneModule(split, proximal_weight=1.0)
     module.on_fit_start()  # anchors A_t, B_t at the current adapter
@@ -122,7 +122,7 @@ def test_proximal_term_has_the_hand_computed_gradient():
 
 
 def test_client_module_mean_loss_and_lora_only_checkpoint(tmp_path):
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     module = AdapterFinetuneModule(split, lr=1e-2)
     trainer = lean_trainer(4)
     trainer.fit(module, ToyFederatedData().client_dataloader(0))

@@ -104,11 +104,14 @@ def test_config_yaml_and_flags_override_it(capsys: pytest.CaptureFixture[str]) -
 def test_yaml_settings_steps_through_init_args_and_fractions(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(
-        "model:\n  class_path: fedbiot_pl.modules.EmulatorAlignmentModule\n  init_args:\n    split:\n"
-        "      class_path: fedbiot_pl.SplitModel\n      init_args: {model: m, adapter_layers: 4, lora_r: 16}\n"
-        "data:\n  init_args: {num_clients: 10}\nfederated: {clients_per_round: 0.25}\n"
+        "model:\n  split:\n"
+        "    class_path: fedbiot_pl.ModelViews\n    init_args: {model: m, adapter_layers: 4, lora_r: 16}\n"
+        "data: {num_clients: 10}\nfederated: {clients_per_round: 0.25}\n"
     )
-    assert yaml_settings(str(path)) == {"model": "m", "adapter_layers": 4, "lora_r": 16, "clients": 3}
+    settings = yaml_settings(str(path))  # the CLI parser's reading: its defaults fill the rest
+    assert {k: settings[k] for k in ("model", "adapter_layers", "lora_r", "clients", "algorithm")} == {
+        "model": "m", "adapter_layers": 4, "lora_r": 16, "clients": 3, "algorithm": "fedbiot"}
+    assert settings["drop_rate"] == 0.2
 
 
 def test_json_and_text_report_the_same_figures(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,7 +169,7 @@ def test_module_entry_point_exits_2_without_traceback() -> None:
 def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.CaptureFixture[str]) -> None:
     plans = {p["algorithm"]: p for p in run_json(capsys, "--model", str(LLAMA2_7B), "--compare", "--clients", "3",
                                                  "--adapter-layers", "2", "--drop-rate", "0.2")}
-    assert list(plans) == ["fedbiot", "offsite_tuning", "fedot", "fedavg_lora", "fedprox"]
+    assert list(plans) == ["fedbiot", "fedot", "offsite_tuning", "fedavg_lora", "fedprox"]
     full, layer = 6_738_415_616, 202_383_360
     # FedAvg-LoRA: r=8 q/v LoRA on all 32 layers, the client holds (and adapts) the full model
     fedavg = plans["fedavg_lora"]

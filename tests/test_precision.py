@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 
 SPLIT = {"adapter_layers": 2, "drop_rate": 0.5, "lora_dropout": 0.0}
@@ -18,14 +18,14 @@ SPLIT = {"adapter_layers": 2, "drop_rate": 0.5, "lora_dropout": 0.0}
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    """A tiny random LLaMA saved like a hub checkpoint, so SplitModel loads it through from_pretrained."""
+    """A tiny random LLaMA saved like a hub checkpoint, so ModelViews loads it through from_pretrained."""
     folder = tmp_path_factory.mktemp("tiny-llama")
     tiny_llama().save_pretrained(folder)
     return str(folder)
 
 
-def loaded(folder: str, **kwargs) -> SplitModel:
-    split = SplitModel(folder, **{**SPLIT, **kwargs}).build()
+def loaded(folder: str, **kwargs) -> ModelViews:
+    split = ModelViews(folder, **{**SPLIT, **kwargs}).build()
     torch.manual_seed(3)
     with torch.no_grad():
         for p in split.lora_parameters("all").values():
@@ -105,7 +105,7 @@ def test_a_bf16_fit_keeps_lora_and_its_optimizer_state_in_float32(tiny_folder, b
 def test_gradient_checkpointing_gives_the_same_gradients(batch, part):
     grads = []
     for checkpointing in (False, True):
-        split = SplitModel.from_model(tiny_llama(), gradient_checkpointing=checkpointing, **SPLIT).build()
+        split = ModelViews.from_model(tiny_llama(), gradient_checkpointing=checkpointing, **SPLIT).build()
         torch.manual_seed(3)
         with torch.no_grad():
             for p in split.lora_parameters("all").values():

@@ -9,7 +9,7 @@ from transformers.utils import logging as transformers_logging
 
 from fedbiot_pl.modules import AdapterFinetuneModule
 from fedbiot_pl.quiet import EVAL_MODE_WARNING, expected_warnings, no_library_progress_bars
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 
@@ -38,7 +38,7 @@ def test_expected_warnings_ignores_only_the_named_messages():
 
 
 def test_a_module_fit_hides_the_eval_mode_warning_and_restores_the_filters():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     module = AdapterFinetuneModule(split)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False)

@@ -3,8 +3,9 @@ to exactly the adapter, metrics and checkpoints of an uninterrupted run.
 
 The kill points are drawn from a seeded RNG over (point, epoch, client, step, file): mid client
 fit, mid alignment and mid checkpoint write (after the temporary file, before its rename). Each
-process gets the kill points not yet survived; the first one it reaches kills it, and the same
-command resumes it.
+process is ``train.py`` started through the fault launcher (``python -m fedbiot_pl.testing.launch
+'<faults>' fit ...``) with the kill points not yet survived; the first one it reaches kills it, and the
+same command resumes it. The uninterrupted reference is a plain ``python train.py fit ...``.
 """
 
 import csv
@@ -19,8 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from fedbiot_pl.testing.faults import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE, ROUNDS, CLIENTS, STEPS = 1, 3, 3, 2  # epochs 0..3; 2 client and 2 alignment batches each
@@ -56,10 +55,10 @@ def kill_points(seed: int, per_kind: int = 2) -> list[dict]:
 
 
 def train(save_dir: Path, config: Path, faults: list[dict], resume: bool) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", ENV: json.dumps(faults)}
-    if not faults:
-        env.pop(ENV)
-    args = [sys.executable, "train.py", "fit", "--config", "configs/default.yaml", "--config", str(config),
+    """``train.py fit`` on ``config`` in a subprocess; with ``faults``, through the fault launcher."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    entry = ["-m", "fedbiot_pl.testing.launch", json.dumps(faults)] if faults else ["train.py"]
+    args = [sys.executable, *entry, "fit", "--config", "configs/default.yaml", "--config", str(config),
             "--trainer.default_root_dir", str(save_dir), "--trainer.logger.init_args.save_dir", str(save_dir)]
     return subprocess.Popen(args + (["--ckpt_path", "last"] if resume else []), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -2,7 +2,6 @@
 uninterrupted run (in-process crashes here; real SIGKILLs in test_reliability_kill.py)."""
 
 import csv
-import json
 import os
 import pickle
 from pathlib import Path
@@ -19,9 +18,9 @@ from fedbiot_pl.artifacts.checkpoint_io import AtomicCheckpointIO
 from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger, resume_version
 from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
 from fedbiot_pl.artifacts.export import atomic_write
-from fedbiot_pl.testing.faults import ENV, InjectedCrash
+from fedbiot_pl.testing.faults import InjectedCrash
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.toy_data import ToyFederatedData
 
 
@@ -52,7 +51,7 @@ class EpochOrderedData(ToyFederatedData):
 def fit(folder, ckpt_path=None):
     """Two rounds after one pre-alignment epoch, LoRA dropout on, a checkpoint after every epoch."""
     torch.manual_seed(0)
-    split = SplitModel("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2, lora_dropout=0.1)
+    split = ModelViews("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2, lora_dropout=0.1)
     module = EmulatorAlignmentModule(split, kl_weight=1.0, lr=1e-2)
     loop = FederatedLoop(rounds=2, pre_alignment_rounds=1, align_steps=2, local_steps=2,
                          client_accumulate_grad_batches=1, client_lr=2e-2, proximal_weight=0.1)
@@ -96,12 +95,12 @@ def reference(tmp_path_factory):
     ],
     ids=["mid-client-fit", "mid-alignment", "mid-checkpoint-write", "mid-export"],
 )
-def test_crashed_run_resumes_to_the_same_adapter_and_metrics(tmp_path, monkeypatch, crash, reference):
+def test_crashed_run_resumes_to_the_same_adapter_and_metrics(tmp_path, faults, crash, reference):
     _, reference_loop, expected, expected_rows = reference
-    monkeypatch.setenv(ENV, json.dumps([{**crash, "action": "crash"}]))
+    faults([{**crash, "action": "crash"}])
     with pytest.raises(InjectedCrash):
         fit(tmp_path / "crashed")
-    monkeypatch.delenv(ENV)
+    faults.clear()
     assert not list((tmp_path / "crashed" / "ckpt").glob(".*.tmp"))  # the failed write left no temporary file
     loop, resumed = fit(tmp_path / "crashed", ckpt_path=tmp_path / "crashed" / "ckpt" / "last.ckpt")
 

@@ -20,13 +20,13 @@ from fedbiot_pl.artifacts.resume_settings import (
     run_settings,
     settings_differences,
 )
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 
 STORIES = "embedded:models/stories260K"
 
 
 def test_run_settings_name_what_the_checkpoint_depends_on():
-    split = SplitModel(STORIES, adapter_layers=2, drop_rate=0.2, lora_r=4, lora_alpha=8, lora_targets=["v_proj", "q_proj"],
+    split = ModelViews(STORIES, adapter_layers=2, drop_rate=0.2, lora_r=4, lora_alpha=8, lora_targets=["v_proj", "q_proj"],
                        lora_dropout=0.3, dtype="bfloat16")  # dropout and dtype may change on resume: not listed
     assert run_settings(split, FederatedLoop(pre_alignment_rounds=2, rounds=7, local_steps=3)) == {
         "federated.algorithm": "fedbiot", "federated.pre_alignment_rounds": 2, "model.split.model": STORIES,
@@ -34,12 +34,12 @@ def test_run_settings_name_what_the_checkpoint_depends_on():
         "model.split.lora_r": 4, "model.split.lora_alpha": 8, "model.split.lora_targets": ["q_proj", "v_proj"],
     }
     # offsite-tuning's default bottom adapter is recorded as the value it resolved to
-    fedot = SplitModel(STORIES, adapter_layers=1, algorithm="fedot")
+    fedot = ModelViews(STORIES, adapter_layers=1).use_algorithm("fedot")
     assert run_settings(fedot, FederatedLoop(algorithm="fedot"))["model.split.bottom_adapter_layers"] == 2
 
 
 def test_full_model_algorithms_leave_out_the_layout_they_do_not_use():
-    split = SplitModel(STORIES, adapter_layers=3, drop_rate=0.5, algorithm="fedavg_lora")
+    split = ModelViews(STORIES, adapter_layers=3, drop_rate=0.5).use_algorithm("fedavg_lora")
     assert run_settings(split, FederatedLoop(algorithm="fedavg_lora")) == {
         "federated.algorithm": "fedavg_lora", "federated.pre_alignment_rounds": 0, "model.split.model": STORIES,
         "model.split.lora_r": 8, "model.split.lora_alpha": 16, "model.split.lora_targets": ["q_proj", "v_proj"],

@@ -12,7 +12,7 @@ import torch
 from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.scaling.deepspeed import LORA_CHECKPOINT_KEY, client_phase, deepspeed_config, zero3_loading_config
 from fedbiot_pl.scaling.checks import INSTALL_HINT, check_scaling, deepspeed_available, scaling_issues, uses_deepspeed
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_deepspeed_checkpoints_carry_the_lora_and_restore_it():
         def save_checkpoint(self, path, client_state, tag, exclude_frozen_parameters):
             self.saved = (path, client_state, tag, exclude_frozen_parameters)
 
-    module = EmulatorAlignmentModule(SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build())
+    module = EmulatorAlignmentModule(ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build())
     with torch.no_grad():
         for p in module.split.lora_parameters("all").values():
             p.normal_()
@@ -144,7 +144,7 @@ def test_deepspeed_checkpoints_carry_the_lora_and_restore_it():
     assert path == "ckpt" and exclude and "state_dict" not in client_state and client_state["epoch"] == 3
     assert client_state[LORA_CHECKPOINT_KEY] is state
 
-    fresh = EmulatorAlignmentModule(SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build())
+    fresh = EmulatorAlignmentModule(ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build())
     strategy._lightning_module = fresh
     strategy.load_model_state_dict(client_state)
     for key, value in module.split.lora_state("all").items():
@@ -152,7 +152,7 @@ def test_deepspeed_checkpoints_carry_the_lora_and_restore_it():
 
 
 def test_client_phase_is_a_no_op_without_zero3():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
     with client_phase(trainer.strategy, split):
         before = split.lora_state("all")
@@ -163,7 +163,7 @@ def test_client_phase_is_a_no_op_without_zero3():
 GPU_FIT = {
     "trainer": {"accelerator": "gpu", "precision": "32-true",
                 "strategy": {"class_path": "fedbiot_pl.scaling.FedBiOTDeepSpeed", "init_args": {"stage": 3}}},
-    "model": {"split": {"class_path": "fedbiot_pl.SplitModel", "init_args": {"dtype": "bfloat16"}}},
+    "model": {"split": {"class_path": "fedbiot_pl.ModelViews", "init_args": {"dtype": "bfloat16"}}},
     "federated": {"algorithm": "fedbiot"},
 }
 
@@ -233,8 +233,8 @@ def test_cli_refuses_a_deepspeed_recipe_on_this_cpu_machine_before_loading_anyth
         raise AssertionError("the start-up check must come before any model config or weights are read")
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(SplitModel, "_load_config", must_not_run)
-    monkeypatch.setattr(SplitModel, "_load_full", must_not_run)
+    monkeypatch.setattr(ModelViews, "_load_config", must_not_run)
+    monkeypatch.setattr(ModelViews, "_load_full", must_not_run)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(ZERO3)])
     assert exit_info.value.code == 2

@@ -5,7 +5,7 @@ import torch
 from peft import get_peft_model_state_dict
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from fedbiot_pl.model.views import SplitModel, decoder_of
+from fedbiot_pl.model.views import ModelViews, decoder_of
 from tests.conftest import TINY_FAMILIES, tiny_llama
 
 
@@ -17,7 +17,7 @@ def _logits(model, batch):
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_beta_zero_compressed_model_equals_full_model(family, batch):
     full = TINY_FAMILIES[family]().eval()
-    split = SplitModel.from_model(full, adapter_layers=2, drop_rate=0.0).build()
+    split = ModelViews.from_model(full, adapter_layers=2, drop_rate=0.0).build()
     split.eval()
     expected = _logits(full, batch)
     torch.testing.assert_close(_logits(split.compressed, batch), expected, rtol=0, atol=0)
@@ -28,7 +28,7 @@ def test_beta_zero_compressed_model_equals_full_model(family, batch):
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_compressed_model_equals_the_full_model_with_layers_deleted(family, batch):
     full = TINY_FAMILIES[family]().eval()
-    split = SplitModel.from_model(full, adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(full, adapter_layers=2, drop_rate=0.5).build()
     split.eval()
     assert split.layout.compressed == (0, 3, 4, 5)
     # Independent reference: the reference code's construction (deep copy, then keep layers).
@@ -47,7 +47,7 @@ def test_compressed_model_equals_the_full_model_with_layers_deleted(family, batc
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_generation_with_kv_cache_matches_no_cache(family):
-    split = SplitModel.from_model(TINY_FAMILIES[family](), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(TINY_FAMILIES[family](), adapter_layers=2, drop_rate=0.5).build()
     split.eval()
     with torch.no_grad():
         for p in split.lora_parameters("all").values():
@@ -63,19 +63,19 @@ def test_generation_with_kv_cache_matches_no_cache(family):
 
 def test_no_weight_is_copied():
     full = tiny_llama()
-    split = SplitModel.from_model(full, adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(full, adapter_layers=2, drop_rate=0.5).build()
     full_ptrs = {p.data_ptr() for p in full.parameters()}
     base = [p for n, p in split.compressed.named_parameters() if "lora_" not in n]
     assert base and all(p.data_ptr() in full_ptrs for p in base)
     lora = sum(p.numel() for p in split.lora_parameters("all").values())
-    # SplitModel.parameters() deduplicates shared tensors: the full model plus LoRA, nothing more.
+    # ModelViews.parameters() deduplicates shared tensors: the full model plus LoRA, nothing more.
     assert sum(p.numel() for p in split.parameters()) == sum(p.numel() for p in full.parameters()) + lora
     # The full model itself carries no LoRA.
     assert not any("lora_" in n for n, _ in full.named_parameters())
 
 
 def test_lora_state_keys_match_peft_and_are_clones():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     assert set(split.lora_state("all")) == set(get_peft_model_state_dict(split.compressed))
     emulator, adapter = split.lora_state("emulator"), split.lora_state("adapter")
     assert set(emulator).isdisjoint(adapter) and len(emulator) == len(adapter) == 8  # 2 layers x q,v x A,B
@@ -90,7 +90,7 @@ def test_lora_state_keys_match_peft_and_are_clones():
 
 
 def test_load_lora_state_rejects_unknown_keys_and_shapes():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     with pytest.raises(KeyError, match="not LoRA weights"):
         split.load_lora_state({"nope": torch.zeros(1)})
     key = next(iter(split.lora_state("adapter")))
@@ -99,7 +99,7 @@ def test_load_lora_state_rejects_unknown_keys_and_shapes():
 
 
 def test_set_trainable_selects_exactly_one_part():
-    split = SplitModel.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
+    split = ModelViews.from_model(tiny_llama(), adapter_layers=2, drop_rate=0.5).build()
     for part in ("emulator", "adapter"):
         split.set_trainable(part)
         trainable = {id(p) for p in split.parameters() if p.requires_grad}
@@ -110,16 +110,16 @@ def test_set_trainable_selects_exactly_one_part():
 def test_unsupported_architecture_and_bad_targets_are_clear_errors():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=64))
     with pytest.raises(ValueError, match="GPT2LMHeadModel is not supported"):
-        SplitModel.from_model(gpt2, adapter_layers=1, drop_rate=0.0).build()
+        ModelViews.from_model(gpt2, adapter_layers=1, drop_rate=0.0).build()
     with pytest.raises(ValueError, match=r"lora_targets \['qkv'\] are not linear modules"):
-        SplitModel.from_model(tiny_llama(), lora_targets=["q_proj", "qkv"]).build()
+        ModelViews.from_model(tiny_llama(), lora_targets=["q_proj", "qkv"]).build()
     with pytest.raises(ValueError, match="adapter_layers \\+ bottom_adapter_layers = 6") as info:
-        SplitModel.from_model(tiny_llama(), adapter_layers=6, lora_r=0)
+        ModelViews.from_model(tiny_llama(), adapter_layers=6, lora_r=0)
     assert "lora_r must be >= 1, got 0" in str(info.value)  # every problem at once
 
 
 def test_real_pretrained_model_from_a_local_folder():
-    split = SplitModel("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2)
+    split = ModelViews("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2)
     assert split.layout.emulator == (0, 2) and split.layout.top_adapter == (3, 4)
     split.build()
     assert type(split.full).__name__ == "LlamaForCausalLM"
@@ -128,4 +128,4 @@ def test_real_pretrained_model_from_a_local_folder():
 
 def test_bad_split_of_a_folder_fails_before_loading_weights():
     with pytest.raises(ValueError, match="smaller than the model's 5 decoder layers"):
-        SplitModel("embedded:models/stories260K", adapter_layers=5)
+        ModelViews("embedded:models/stories260K", adapter_layers=5)

@@ -3,7 +3,6 @@ resumed run in its folder without the interrupted epoch's events, and the end of
 training.png from the CSV logger's metrics.csv (and nothing without one)."""
 
 import csv
-import json
 import logging
 from pathlib import Path
 
@@ -18,10 +17,10 @@ from torch.utils.data import DataLoader
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger
 from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
-from fedbiot_pl.testing.faults import ENV, InjectedCrash
+from fedbiot_pl.testing.faults import InjectedCrash
 from fedbiot_pl.artifacts.logger_resume import continue_run
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.artifacts.training_plot import read_metrics, training_series
 from tests.toy_data import ToyFederatedData
 
@@ -52,7 +51,7 @@ class EpochOrderedData(ToyFederatedData):
 def fit(folder, loggers, ckpt_path=None, align_steps=1):
     """One pre-alignment epoch and two rounds of 3 clients; LoRA dropout on; a checkpoint per epoch."""
     torch.manual_seed(0)
-    split = SplitModel("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2, lora_dropout=0.1)
+    split = ModelViews("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2, lora_dropout=0.1)
     module = EmulatorAlignmentModule(split, kl_weight=1.0, lr=1e-2)
     loop = FederatedLoop(rounds=2, pre_alignment_rounds=1, align_steps=align_steps, local_steps=1,
                          client_accumulate_grad_batches=1, export_final_adapter=False)
@@ -107,7 +106,7 @@ def test_end_of_fit_draws_training_png_next_to_metrics_csv(both):
     np.testing.assert_allclose(series.bytes_down, [np.nan, DOWN, 2 * DOWN])
 
 
-def test_resumed_tensorboard_run_continues_in_place_without_the_interrupted_epoch(tmp_path, monkeypatch, caplog):
+def test_resumed_tensorboard_run_continues_in_place_without_the_interrupted_epoch(tmp_path, faults, caplog):
     caplog.set_level(logging.INFO, logger="fedbiot_pl.artifacts.training_plot")
     reference_loop = fit(tmp_path / "reference", [TensorBoardLogger(tmp_path / "reference", name="tb")],
                          align_steps=2)
@@ -117,10 +116,10 @@ def test_resumed_tensorboard_run_continues_in_place_without_the_interrupted_epoc
     assert sum("training.png not written: the run has no CSV logger" in r.message for r in caplog.records) == 1
 
     crashed = tmp_path / "crashed"
-    monkeypatch.setenv(ENV, json.dumps([{"point": "align_step", "epoch": 2, "step": 1, "action": "crash"}]))
+    faults([{"point": "align_step", "epoch": 2, "step": 1, "action": "crash"}])
     with pytest.raises(InjectedCrash):  # round 1 done, its first alignment step logged, then killed
         fit(crashed, [AtomicCSVLogger(crashed, name="csv"), TensorBoardLogger(crashed, name="tb")], align_steps=2)
-    monkeypatch.delenv(ENV)
+    faults.clear()
     assert max(step for points in scalars(crashed / "tb" / "version_0").values() for step, _ in points) == 4
 
     loggers = [AtomicCSVLogger(crashed, name="csv"), TensorBoardLogger(crashed, name="tb")]

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from fedbiot_pl.federation.messages import CommLedger, decode_update, encode_update
+from fedbiot_pl.federation.ledger import CommLedger
+from fedbiot_pl.federation.messages import decode_update, encode_update
 from fedbiot_pl.testing.faults import corrupt_update
 from fedbiot_pl.federation.validation import update_norm, update_problem
 

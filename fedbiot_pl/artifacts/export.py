@@ -24,9 +24,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from fedbiot_pl.testing import faults as fault_injection
+from fedbiot_pl import hooks
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.model.views import SplitModel
+from fedbiot_pl.model.views import ModelViews
 
 
 def _file_mode() -> int:
@@ -52,8 +52,8 @@ def atomic_write(path: str | Path, write: Callable[[str], object], context: dict
 
     A reader sees the old file or the complete new one, never a part: a crash leaves at most a
     ``.<name>.*.tmp`` file next to ``path``, which nothing loads and the next successful write of
-    ``path`` removes. ``context`` goes to the
-    ``file_write`` fault point (:mod:`fedbiot_pl.testing.faults`) between the write and the rename.
+    ``path`` removes. The ``file_write`` hook point (:mod:`fedbiot_pl.hooks`) fires between the write
+    and the rename, with ``name`` (``path``'s file name) and ``context``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object], context: dict
         os.chmod(tmp, _FILE_MODE)
         write(tmp)
         _fsync(tmp)
-        fault_injection.trigger("file_write", name=path.name, **(context or {}))
+        hooks.fire("file_write", name=path.name, **(context or {}))
         os.replace(tmp, path)
         _fsync(path.parent, directory=True)
         for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp"):  # left by a killed writer
@@ -78,7 +78,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def adapfu_state(split: SplitModel) -> dict:
+def adapfu_state(split: ModelViews) -> dict:
     """The adapter's LoRA keyed by full-model layer index (contiguous CPU tensors)."""
     mapping = {position: split.layout.compressed[position] for position in split.layout.adapter_positions}
 
@@ -88,7 +88,7 @@ def adapfu_state(split: SplitModel) -> dict:
     return {rename(key): value.contiguous().cpu() for key, value in split.lora_state("adapter").items()}
 
 
-def export_adapters(split: SplitModel, out_dir: str | Path) -> Path:
+def export_adapters(split: ModelViews, out_dir: str | Path) -> Path:
     """Write the AdapFu peft adapter and the compressed LoRA of ``split`` into ``out_dir``."""
     out = Path(out_dir)
     layout = split.layout
@@ -110,7 +110,7 @@ def export_adapters(split: SplitModel, out_dir: str | Path) -> Path:
     atomic_write(out / "compressed_lora.safetensors", lambda tmp: save_file(compressed, tmp))
     description = {
         "model": split.model_name,
-        "algorithm": split.algorithm,
+        "algorithm": split.algorithm_name,
         "full_layers": layout.num_full_layers,
         "bottom_adapter": list(layout.bottom_adapter),
         "emulator": list(layout.emulator),

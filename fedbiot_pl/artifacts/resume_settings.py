@@ -48,20 +48,21 @@ class SettingsMismatchError(ConfigError):
 
 
 def run_settings(split: Any, loop: Any) -> dict[str, Any]:
-    """The settings a checkpoint of ``split`` (a :class:`~fedbiot_pl.model.views.SplitModel`, built or
+    """The settings a checkpoint of ``split`` (a :class:`~fedbiot_pl.model.views.ModelViews`, built or
     not) trained by ``loop`` (a :class:`~fedbiot_pl.callbacks.FederatedLoop`) must be resumed
     with, by CLI name; the layout settings are left out where the algorithm does not use them."""
-    adapter_layers, drop_rate, bottom_adapter_layers, full_model = split._split_args
+    request = split.layout_request
+    layout = loop.algorithm.layout(split.num_layers, request)  # the loop's algorithm lays the views out
     settings: dict[str, Any] = {
-        "federated.algorithm": loop.algorithm,
+        "federated.algorithm": loop.algorithm_name,
         "federated.pre_alignment_rounds": loop.pre_alignment_rounds,
         "model.split.model": model_identity(split.model_name),
     }
-    if not full_model:
+    if loop.algorithm.compresses():
         settings.update({
-            "model.split.adapter_layers": adapter_layers,
-            "model.split.drop_rate": drop_rate,
-            "model.split.bottom_adapter_layers": bottom_adapter_layers,
+            "model.split.adapter_layers": request.adapter_layers,
+            "model.split.drop_rate": request.drop_rate,
+            "model.split.bottom_adapter_layers": len(layout.bottom_adapter),
         })
     settings.update({
         "model.split.lora_r": split.lora_r,

@@ -1,8 +1,8 @@
 """Read the LoRA weights of a run back: from a round checkpoint or from an exported adapter folder.
 
 Both give the compressed model's LoRA keyed like ``peft.get_peft_model_state_dict`` (emulator and
-adapter layers), ready for :meth:`SplitModel.load_lora_state`; AdapFu and AdapEmu then come from
-the same :class:`SplitModel` (its ``full_with_adapter`` and ``compressed`` share every frozen
+adapter layers), ready for :meth:`ModelViews.load_lora_state`; AdapFu and AdapEmu then come from
+the same :class:`ModelViews` (its ``full_with_adapter`` and ``compressed`` share every frozen
 weight, so the two variants never hold two full models).
 """
 

@@ -140,6 +140,7 @@ class GSM8KAccuracy(_Average):
     """
 
     def __init__(self, numeric: bool = False, **kwargs) -> None:
+        """Empty state; ``kwargs`` go to :class:`torchmetrics.Metric`."""
         super().__init__(**kwargs)
         self.numeric = numeric
 
@@ -207,6 +208,7 @@ class PassAtK(Metric):
 
     def __init__(self, task_ids: Sequence[str], k: Sequence[int] = (1,), limits: Limits | None = None,
                  workers: int | None = None, language: str | Language = "python", **kwargs) -> None:
+        """Empty counts for every problem; ``kwargs`` go to :class:`torchmetrics.Metric`."""
         super().__init__(**kwargs)
         if not task_ids or len(set(task_ids)) != len(task_ids):
             raise ValueError(f"task_ids must be non-empty and unique, got {len(task_ids)} ids "

@@ -1,5 +1,6 @@
-"""Evaluation prompts: GSM8K 8-shot chain of thought inside the Alpaca template, code prompts with
-their per-language post-processing, and QA prompts.
+"""Evaluation prompts: GSM8K 8-shot chain of thought, code prompts and their clean-up, QA prompts.
+
+GSM8K prompts sit inside the Alpaca template; code prompts have per-language post-processing.
 
 The GSM8K demonstrations are the eight grade-school exemplars of the chain-of-thought paper (Wei et
 al., 2022) that the FedBiOT authors' evaluation used; as there, each question gets its own seeded
@@ -74,6 +75,7 @@ class CodeLanguage:
     stops: tuple[str, ...]
 
     def prompt(self, problem_prompt: str) -> str:
+        """The language tag line, then the problem's prompt."""
         return f"{self.tag}\n{problem_prompt}"
 
     def clean(self, completion: str) -> str:
@@ -96,6 +98,7 @@ def code_prompt(problem_prompt: str, language: str = "python") -> str:
 
 
 def clean_code(completion: str, language: str = "python") -> str:
+    """The function body of a completion: cut at the language's first stop sequence, trailing space removed."""
     return _language(language).clean(completion)
 
 

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.evaluation.generation import build_prompts
 from fedbiot_pl.evaluation.prompts import GSM8K_DEMOS
-from fedbiot_pl.evaluation.generation import DEFAULT_DATA, REQUIRED, Task, build_prompts
+from fedbiot_pl.evaluation.tasks import EVAL_TASKS, Task, eval_task
 from fedbiot_pl.modules.generation_module import GenerationSettings, Variant, left_padded_batches
 
 VARIANTS = ("adapfu", "adapemu")
@@ -34,9 +35,10 @@ class EvaluationSettings:
 
     Attributes:
         task: ``gsm8k`` (accuracy), ``humaneval`` (pass@k in the sandbox), ``dolly`` (ROUGE-L,
-            token F1, exact match) or ``mc`` (multiple choice ranked by log-likelihood).
+            token F1, exact match), ``mc`` (multiple choice ranked by log-likelihood) or the name of a
+            task registered with :func:`~fedbiot_pl.evaluation.tasks.register_task`.
         data: The evaluation file (``.jsonl``/``.jsonl.gz``/JSON list, or ``embedded:...``); ``None``
-            is the embedded GSM8K test sample, for ``gsm8k`` only.
+            is the task's default file (the embedded GSM8K test sample, for ``gsm8k`` only).
         limit: Evaluate the first ``limit`` rows; ``None`` evaluates all.
         variants: ``adapfu`` (the adapter in the full model) and/or ``adapemu`` (the compressed model).
         generation: Decoding settings (greedy, at most 256 new tokens by default); unused by ``mc``.
@@ -57,6 +59,7 @@ class EvaluationSettings:
     k: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
+        """Normalise the sequences and the saved generation dict; raise ConfigError naming every bad value."""
         if isinstance(self.generation, dict):  # as saved in a checkpoint's hyper-parameters
             object.__setattr__(self, "generation", GenerationSettings(**self.generation))
         object.__setattr__(self, "variants", tuple(self.variants))
@@ -68,10 +71,13 @@ class EvaluationSettings:
     def problems(self) -> list[str]:
         """Every invalid setting, each with its value and what is allowed."""
         problems = []
-        if self.task not in REQUIRED:
-            problems.append(f"task={self.task!r}: must be one of {', '.join(REQUIRED)}.")
-        elif self.data is None and self.task not in DEFAULT_DATA:
-            problems.append(f"data=None: task {self.task!r} needs an evaluation file; set data (only gsm8k has an "
+        task = EVAL_TASKS.get(self.task) if isinstance(self.task, str) else None
+        if task is None:
+            problems.append(f"task={self.task!r}: must be one of {', '.join(EVAL_TASKS)}.")
+        elif self.data is None and task.default_data is None:
+            defaults = [name for name, other in EVAL_TASKS.items() if other.default_data is not None]
+            problems.append(f"data=None: task {self.task!r} needs an evaluation file; set data (only "
+                            f"{', '.join(defaults) or 'no task'} {'has' if len(defaults) < 2 else 'have'} an "
                             "embedded default).")
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
             problems.append(f"limit={self.limit!r}: must be an int >= 1, or None for every row.")
@@ -85,7 +91,7 @@ class EvaluationSettings:
             problems.append(f"batch_size={self.batch_size!r}: must be an int >= 1.")
         if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
             problems.append(f"k={list(self.k)!r}: must be a non-empty list of ints >= 1.")
-        elif self.task == "humaneval" and isinstance(self.generation, GenerationSettings) \
+        elif task is not None and task.uses_pass_at_k and isinstance(self.generation, GenerationSettings) \
                 and max(self.k) > self.generation.num_return_sequences:
             problems.append(f"k={list(self.k)!r}: pass@{max(self.k)} needs generation.num_return_sequences >= "
                             f"{max(self.k)}, got {self.generation.num_return_sequences}.")
@@ -94,7 +100,7 @@ class EvaluationSettings:
     @property
     def data_path(self) -> str:
         """The evaluation file: :attr:`data`, or the task's embedded default."""
-        return self.data or DEFAULT_DATA[self.task]
+        return self.data or eval_task(self.task).default_data  # type: ignore[return-value]  # checked
 
     @classmethod
     def of(cls, value: EvaluationSettings | dict[str, Any] | None) -> EvaluationSettings:
@@ -116,15 +122,24 @@ DEFAULT_EVALUATION = EvaluationSettings()
 """``train.py evaluate``'s defaults: GSM8K 8-shot on the embedded test sample, greedy, both variants."""
 
 
-def evaluation_batches(settings: EvaluationSettings, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+def evaluation_batches(settings: EvaluationSettings, rows: list[dict[str, Any]],
+                       tokenizer: Any) -> list[dict[str, Any]]:
     """The test batches: all rows for the first variant, then all again for the next one.
 
     Each batch is ``{"variant": ..., "ids": [row indices]}``; for generation tasks it also holds the
     ``prompts`` and their left-padded ``input_ids``/``attention_mask``, batched exactly as
     :func:`fedbiot_pl.evaluation.generation.generate` batches them.
+
+    Args:
+        settings: The evaluation settings.
+        rows: The evaluation rows.
+        tokenizer: The tokenizer.
+
+    Returns:
+        The batches.
     """
     ids, size = list(range(len(rows))), settings.batch_size
-    if settings.task == "mc":
+    if not eval_task(settings.task).generates:  # rows of choices, ranked by log-likelihood
         chunks = [{"ids": ids[start : start + size]} for start in range(0, len(ids), size)]
     else:
         prompts = build_prompts(settings.task, rows, shots=settings.shots, seed=settings.seed)

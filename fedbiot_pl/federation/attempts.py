@@ -24,6 +24,7 @@ class RoundAttempt:
     weights: list[float] = field(default_factory=list)
     losses: dict[int, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    reference: dict[str, Any] = field(default_factory=dict, repr=False)  # what the clients started from
 
     def drop(self, client_id: int, reason: str) -> None:
         """Record that ``client_id``'s fit failed (it raised, its loss was not finite, it timed out)."""

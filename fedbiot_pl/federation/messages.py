@@ -1,22 +1,30 @@
-"""What travels between server and clients: updates as safetensors bytes, and the byte ledger.
+"""What travels between server and clients: typed messages with a safetensors codec and a check per kind.
 
-Uploads cross the client/server boundary as ``safetensors`` bytes (:func:`encode_update`,
-:func:`decode_update`): the server never unpickles anything a client sent.
+Every message crosses the client/server boundary as ``safetensors`` bytes: tensors plus a string
+header whose ``kind`` names the message type, so the receiver never unpickles anything. A kind is a
+:class:`Message` subclass registered with :func:`register_message`; its :meth:`Message.problem` is
+the server's check before the content may be used (LoRA state today; logits and activations next).
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
+KIND_KEY = "kind"
 
-def encode_update(state: Mapping[str, Tensor]) -> bytes:
-    """``state`` as safetensors bytes (contiguous CPU copies of the tensors)."""
-    return safetensors_save({key: value.detach().contiguous().cpu() for key, value in state.items()})
+
+def encode_update(state: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """``state`` as safetensors bytes (contiguous CPU copies of the tensors), with string ``metadata``."""
+    tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
+    return safetensors_save(tensors, metadata=dict(metadata) if metadata else None)
 
 
 def decode_update(payload: bytes) -> dict[str, Tensor]:
@@ -31,50 +39,84 @@ def decode_update(payload: bytes) -> dict[str, Tensor]:
         raise ValueError(f"not a safetensors payload ({type(error).__name__}: {error})") from error
 
 
+def payload_metadata(payload: bytes) -> dict[str, str]:
+    """The string metadata in a safetensors ``payload``'s header (``{}`` if it has none).
+
+    Raises:
+        ValueError: the header cannot be read.
+    """
+    try:
+        (length,) = struct.unpack("<Q", payload[:8])
+        header = json.loads(payload[8:8 + length])
+        return dict(header.get("__metadata__") or {})
+    except Exception as error:
+        raise ValueError(f"not a safetensors payload ({type(error).__name__}: {error})") from error
+
+
 def payload_bytes(state: Mapping[str, Tensor]) -> int:
     """Bytes of the tensors in ``state`` as sent (element count x element size)."""
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-def payload_params(state: Mapping[str, Tensor]) -> int:
-    """Number of parameters in ``state``."""
-    return sum(t.numel() for t in state.values())
-
-
 @dataclass
-class CommLedger:
-    """Running totals of what went down (server to clients) and up (clients to server), and how
-    many uploads the server rejected (they count in ``bytes_up``: they did travel)."""
+class Message:
+    """A typed message: named tensors and string metadata. Subclasses set :attr:`kind` and the check."""
 
-    bytes_down: int = 0
-    bytes_up: int = 0
-    messages_down: int = 0
-    messages_up: int = 0
-    uploads_rejected: int = 0
+    kind: ClassVar[str] = ""
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
 
-    def record_down(self, state: Mapping[str, Tensor], clients: int) -> int:
-        """Count one broadcast of ``state`` to ``clients`` clients; returns the bytes added."""
-        size = payload_bytes(state) * clients
-        self.bytes_down += size
-        self.messages_down += clients
-        return size
+    def encode(self) -> bytes:
+        """The message as safetensors bytes, its kind in the header."""
+        return encode_update(self.tensors, {**self.metadata, KIND_KEY: self.kind})
 
-    def record_up(self, state: Mapping[str, Tensor]) -> int:
-        """Count one client upload; returns its bytes."""
-        size = payload_bytes(state)
-        self.bytes_up += size
-        self.messages_up += 1
-        return size
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of the tensors alone (what the paper's communication figures count)."""
+        return payload_bytes(self.tensors)
 
-    def record_up_bytes(self, size: int) -> int:
-        """Count one client upload of ``size`` raw bytes (one that could not be decoded)."""
-        self.bytes_up += size
-        self.messages_up += 1
-        return size
+    def problem(self, reference: Any = None, **limits: Any) -> str | None:
+        """Why the receiver must not use this message (``None``: it may)."""
+        return None
 
-    def state_dict(self) -> dict[str, int]:
-        return asdict(self)
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        for key, value in state.items():
-            setattr(self, key, int(value))
+MESSAGE_KINDS: dict[str, type[Message]] = {}
+"""Registered message kinds by their header name."""
+
+
+def register_message(cls: type[Message]) -> type[Message]:
+    """Class decorator: make ``cls`` decodable from bytes whose header names its :attr:`~Message.kind`."""
+    MESSAGE_KINDS[cls.kind] = cls
+    return cls
+
+
+def decode_message(payload: bytes, expected: type[Message] | None = None) -> Message:
+    """The message in ``payload``.
+
+    Raises:
+        ValueError: not safetensors, an unknown kind, or not the ``expected`` kind.
+    """
+    kind = payload_metadata(payload).get(KIND_KEY)
+    cls = MESSAGE_KINDS.get(kind or "")
+    if cls is None:
+        raise ValueError(f"unknown message kind {kind!r}; known: {sorted(MESSAGE_KINDS)}")
+    if expected is not None and cls is not expected:
+        raise ValueError(f"a {kind!r} message where a {expected.kind!r} message was expected")
+    metadata = {k: v for k, v in payload_metadata(payload).items() if k != KIND_KEY}
+    return cls(decode_update(payload), metadata)
+
+
+@register_message
+@dataclass
+class LoRAState(Message):
+    """LoRA weights by peft state-dict key: the broadcast, and a client's upload."""
+
+    kind: ClassVar[str] = "lora"
+
+    def problem(self, reference: Mapping[str, Tensor] | None = None, max_norm: float | None = None,
+                **limits: Any) -> str | None:
+        """An upload must match the broadcast ``reference`` (keys, shapes, dtypes), be finite and, with
+        ``max_norm``, change it by at most that L2 norm (:func:`~fedbiot_pl.federation.validation.update_problem`)."""
+        from fedbiot_pl.federation.validation import update_problem
+
+        return None if reference is None else update_problem(self.tensors, reference, max_norm)

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from fedbiot_pl.federation.messages import decode_update
 
 _SHOWN = 3  # keys named per problem; the rest are counted
 
@@ -73,14 +72,17 @@ def update_problem(
 def receive_update(
     payload: bytes, reference: Mapping[str, Tensor], max_norm: float | None = None
 ) -> tuple[dict[str, Tensor] | None, str | None]:
-    """Decode an upload (safetensors only: nothing is unpickled) and validate it.
+    """Decode an upload (a :class:`~fedbiot_pl.federation.messages.LoRAState` message; safetensors only:
+    nothing is unpickled) and validate it.
 
     Returns:
         ``(update, None)`` for an acceptable update; ``(update, reason)`` for a decoded but invalid
-        one (see :func:`update_problem`); ``(None, reason)`` for a payload that is not safetensors.
+        one (see :func:`update_problem`); ``(None, reason)`` for a payload that is not a LoRA message.
     """
+    from fedbiot_pl.federation.messages import LoRAState, decode_message
+
     try:
-        update = decode_update(payload)
+        message = decode_message(payload, LoRAState)
     except ValueError as error:
         return None, f"unreadable upload: {error}"
-    return update, update_problem(update, reference, max_norm)
+    return message.tensors, message.problem(reference, max_norm)

@@ -1,4 +1,4 @@
-"""The full model and its compressed model (emulator + adapter), sharing every frozen weight.
+"""Views of one set of weights: the full model, the compressed model (emulator + adapter) and AdapFu.
 
 Nothing here copies the full model. The compressed model is a shell of the same Hugging Face class
 whose embeddings, final norm, rotary embedding and ``lm_head`` *are* the full model's modules, and
@@ -20,12 +20,11 @@ import itertools
 import os
 import re
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
-from fedbiot_pl.algorithms import Algorithm, algorithm_spec
 from fedbiot_pl.assets import DEFAULT_MODEL
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
@@ -35,6 +34,9 @@ from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, 
 Part = Literal["emulator", "adapter", "all"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LAYER_KEY = re.compile(r"\.layers\.(\d+)\.")
+
+if TYPE_CHECKING:
+    from fedbiot_pl.algorithms.base import Algorithm
 
 
 def share_copy(module: nn.Module) -> nn.Module:
@@ -97,10 +99,14 @@ def assemble(full: nn.Module, layers: list[nn.Module]) -> nn.Module:
     return shell
 
 
-class SplitModel(nn.Module):
-    """FedBiOT's model split: the frozen full LLM, the compressed model and their LoRA.
+class ModelViews(nn.Module):
+    """Views of one set of weights: the frozen full LLM, the compressed model and AdapFu, with their LoRA.
 
-    The constructor only reads the model's ``config.json`` and checks the split (cheap); weights
+    (Named ``SplitModel`` before split learning joined the toolkit; that name still imports, with a
+    ``DeprecationWarning``.) Which layers the clients hold is the algorithm's choice: the federated
+    loop calls :meth:`use_algorithm` at set-up; used alone, the views take FedBiOT's layout.
+
+    The constructor only reads the model's ``config.json`` and checks the settings (cheap); weights
     load in :meth:`build` (called from the LightningModules' ``configure_model``).
 
     Args:
@@ -114,10 +120,6 @@ class SplitModel(nn.Module):
         lora_dropout: dropout on the LoRA input.
         lora_targets: names of the linear modules that get LoRA.
         dtype: dtype of the base weights (LoRA weights stay float32).
-        algorithm: the split's shape: ``fedbiot``, ``offsite_tuning`` and ``fedot`` compress the
-            middle into an emulator; ``fedavg_lora`` and ``fedprox`` keep the full model with LoRA on
-            every layer (``adapter_layers`` and ``drop_rate`` unused). The CLI sets it from
-            ``federated.algorithm``.
         attn_implementation: attention kernel of the loaded model (``sdpa`` = PyTorch's
             scaled-dot-product attention; ``eager``; ``flash_attention_2`` if installed).
         gradient_checkpointing: recompute the activations of the trained layers in backward.
@@ -134,40 +136,89 @@ class SplitModel(nn.Module):
         lora_dropout: float = 0.05,
         lora_targets: list[str] | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        algorithm: Algorithm = "fedbiot",
         attn_implementation: str = "sdpa",
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        from fedbiot_pl.algorithms.base import LayoutRequest
+
         self.model_name = model
-        self.algorithm = algorithm
-        spec = algorithm_spec(algorithm)
-        if bottom_adapter_layers is None:
-            bottom_adapter_layers = spec.bottom_adapter_layers
         self.lora_r, self.lora_alpha, self.lora_dropout = lora_r, lora_alpha, lora_dropout
         self.lora_targets = list(lora_targets) if lora_targets is not None else ["q_proj", "v_proj"]
         self.dtype_name = dtype
         self.attn_implementation = attn_implementation
         self.gradient_checkpointing = gradient_checkpointing
-        self._split_args = (adapter_layers, drop_rate, bottom_adapter_layers, spec.full_model)
+        self.layout_request = LayoutRequest(adapter_layers, drop_rate, bottom_adapter_layers)
+        self.algorithm: Algorithm | None = None
         self._prebuilt: nn.Module | None = None
-        self.layout: LayerLayout | None = None
+        self._config = None
+        self._layout: LayerLayout | None = None
         self.built = False
         if model != "<in-memory>":
-            self.layout = self._check(self._load_config())
+            self._config = self._load_config()
+            self._check(self._config)
 
     @classmethod
-    def from_model(cls, full: nn.Module, **kwargs) -> SplitModel:
-        """Split an already loaded model (tests, notebooks); ``kwargs`` as in the constructor."""
-        split = cls(model="<in-memory>", **kwargs)
-        split._prebuilt = full
-        split.layout = split._check(full.config)
-        return split
+    def from_model(cls, full: nn.Module, algorithm: Algorithm | str | None = None, **kwargs) -> ModelViews:
+        """Views of an already loaded model (tests, notebooks); ``kwargs`` as in the constructor."""
+        views = cls(model="<in-memory>", **kwargs)
+        views._prebuilt = full
+        views._config = full.config
+        views._check(full.config)
+        if algorithm is not None:
+            views.use_algorithm(algorithm)
+        return views
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of the full model (from its config)."""
+        return int(self._config.num_hidden_layers)
+
+    @property
+    def algorithm_name(self) -> str:
+        """The config name of the layout's algorithm (its class name if unregistered)."""
+        algorithm = self.algorithm or self._default_algorithm()
+        return algorithm.name or type(algorithm).__name__
+
+    def use_algorithm(self, algorithm: Algorithm | str) -> ModelViews:
+        """Lay the layers out as ``algorithm`` says (before :meth:`build`; again with the same one is fine).
+
+        Raises:
+            ConfigError: the layout cannot be made on this model, naming every bad setting.
+        """
+        from fedbiot_pl.algorithms.base import resolve_algorithm
+
+        algorithm = resolve_algorithm(algorithm)
+        if self.built and self.algorithm is not None and type(algorithm) is not type(self.algorithm):
+            raise ConfigError(f"the views were built for {self.algorithm_name!r}; build new views for "
+                              f"{algorithm.name or type(algorithm).__name__!r}.")
+        num_layers = getattr(self._config, "num_hidden_layers", None)
+        try:
+            layout = algorithm.layout(num_layers, self.layout_request)
+        except ValueError as error:
+            raise ConfigError(f"Invalid {type(self).__name__} for {self.model_name!r}: {error}") from error
+        if self.built and layout != self._layout:
+            raise ConfigError(f"the views were built with another layout than {algorithm.name!r} makes.")
+        self.algorithm, self._layout = algorithm, layout
+        return self
+
+    @property
+    def layout(self) -> LayerLayout | None:
+        """The layer layout (FedBiOT's until :meth:`use_algorithm` says otherwise; ``None`` without a config)."""
+        if self._layout is None and self._config is not None:
+            self.use_algorithm(self._default_algorithm())
+        return self._layout
+
+    @staticmethod
+    def _default_algorithm() -> Algorithm:
+        from fedbiot_pl.algorithms.fedbiot import FedBiOT
+
+        return FedBiOT()
 
     def _load_config(self):
         return load_model_config(self.model_name)
 
-    def _check(self, config) -> LayerLayout:
+    def _check(self, config) -> None:
         issues = []
         for name, value, low in (("lora_r", self.lora_r, 1), ("lora_alpha", self.lora_alpha, 1)):
             if value < low:
@@ -181,11 +232,12 @@ class SplitModel(nn.Module):
         num_layers = getattr(config, "num_hidden_layers", None)
         if not isinstance(num_layers, int):
             issues.append(f"the model config of {self.model_name!r} has no integer num_hidden_layers.")
-        layout = None
-        try:
-            layout = layer_layout(num_layers or 0, *self._split_args)
-        except ValueError as error:
-            issues.append(str(error))
+        else:  # the layout settings' own ranges (the algorithm's bottom adapter is checked by use_algorithm)
+            request = self.layout_request
+            try:
+                layer_layout(num_layers, request.adapter_layers, request.drop_rate, request.bottom_adapter_layers or 0)
+            except ValueError as error:
+                issues.append(str(error))
         present = self._linear_module_names(config) if self.lora_targets else None
         unknown = sorted(set(self.lora_targets) - present) if present else []
         if unknown:
@@ -194,8 +246,7 @@ class SplitModel(nn.Module):
                 f"decoder layer; choose from {sorted(present)}."
             )
         if issues:
-            raise ConfigError(f"Invalid SplitModel for {self.model_name!r}: " + " ".join(issues))
-        return layout
+            raise ConfigError(f"Invalid {type(self).__name__} for {self.model_name!r}: " + " ".join(issues))
 
     @staticmethod
     def _linear_module_names(config) -> set[str] | None:
@@ -215,7 +266,7 @@ class SplitModel(nn.Module):
         return {name.rsplit(".", 1)[-1] for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
 
     # ------------------------------------------------------------------ building
-    def build(self, device: torch.device | str | None = None) -> SplitModel:
+    def build(self, device: torch.device | str | None = None) -> ModelViews:
         """Load the full model (once), assemble the compressed model and inject LoRA. Idempotent."""
         if self.built:
             return self

@@ -27,7 +27,6 @@ def deepspeed_available() -> bool:
     return bool(RequirementCache("deepspeed"))
 
 
-# ---------------------------------------------------------------- the DeepSpeed config (pure)
 def normalized_precision(precision: Any) -> str:
     """A ``trainer.precision`` value as a string, with ``32`` and ``"32"`` read as ``"32-true"``."""
     text = str(precision if precision is not None else "32-true")
@@ -100,7 +99,7 @@ def scaling_issues(config: Mapping[str, Any], *, cuda: bool, deepspeed_installed
         cuda: whether a CUDA GPU is visible here.
         deepspeed_installed: whether ``deepspeed`` can be imported.
     """
-    from fedbiot_pl.algorithms import ALGORITHMS
+    from fedbiot_pl.algorithms import resolve_algorithm
 
     issues = []
     strategy = _get(config, "trainer.strategy", "auto")
@@ -120,17 +119,21 @@ def scaling_issues(config: Mapping[str, Any], *, cuda: bool, deepspeed_installed
             issues.append(f"trainer.strategy asks for DeepSpeed, which is not installed: {INSTALL_HINT}")
         if precision != "32-true":
             issues.append(precision_message(precision, deepspeed=True))
-        spec = ALGORITHMS.get(algorithm)
-        if spec is not None and not spec.full_model and not spec.aligns_each_round \
+        try:
+            resolved = resolve_algorithm(algorithm.as_dict() if hasattr(algorithm, "as_dict") else algorithm)
+        except ValueError:
+            resolved = None  # the loop reports it, with its other settings
+        name = getattr(resolved, "name", "") or algorithm
+        if resolved is not None and resolved.server_steps(None, 1) == resolved.server_steps(0, 1) == 0:
+            issues.append(
+                f"federated.algorithm {name!r} trains nothing on the server, so DeepSpeed has no optimizer "
+                "state to shard; set trainer.strategy: auto and trainer.devices: 1."
+            )
+        elif resolved is not None and resolved.server_steps(0, 1) == 0 \
                 and _get(config, "trainer.devices", 1) not in (1, "1", [0]):
             issues.append(
-                f"federated.algorithm {algorithm!r} has server epochs without an alignment step, which Lightning "
+                f"federated.algorithm {name!r} has server epochs without an alignment step, which Lightning "
                 "refuses on several ranks; set trainer.devices: 1."
-            )
-        if spec is not None and spec.full_model:
-            issues.append(
-                f"federated.algorithm {algorithm!r} trains nothing on the server, so DeepSpeed has no optimizer "
-                "state to shard; set trainer.strategy: auto and trainer.devices: 1."
             )
     elif uses_ddp(strategy) and _get(config, "trainer.devices", 1) not in (1, "1", [0]):
         issues.append(

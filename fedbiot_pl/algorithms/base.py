@@ -1,0 +1,177 @@
+"""What an algorithm is: a small object with named hooks, and the registry that finds one by name.
+
+The round runner (:class:`~fedbiot_pl.federation.round.RoundRunner`), the loop callback, the CLI's
+start-up checks, ``plan`` and ``evaluate`` ask the algorithm object; none of them reads a table of
+algorithm flags. A user's own algorithm is a subclass, selected with
+``federated.algorithm: {class_path: my_package.MyAlgorithm, init_args: {...}}``, or registered with
+:func:`register_algorithm` and selected by its name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from torch import Tensor
+
+from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.federation.aggregation import fedavg
+from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from fedbiot_pl.model.views import ModelViews
+
+Part = Literal["emulator", "adapter", "all"]
+ProximalKind = Literal["delta_w", "params"]
+
+
+@dataclass(frozen=True)
+class LayoutRequest:
+    """The layer-layout settings of ``model.split`` (``bottom_adapter_layers=None``: the algorithm's)."""
+
+    adapter_layers: int = 2
+    drop_rate: float = 0.2
+    bottom_adapter_layers: int | None = None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run settings an algorithm checks (``num_clients=None`` before the data is known)."""
+
+    num_clients: int | None = None
+    pre_alignment_rounds: int = 0
+    proximal_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClientOptim:
+    """A client's optimiser (AdamW, fresh every fit as in the paper) and proximal weight."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    proximal_weight: float = 0.0
+
+
+class Algorithm:
+    """A federated algorithm over one set of model views, as hooks the round runner calls in order.
+
+    One round: :meth:`broadcast` (what goes down) -> per client :meth:`client_module` fitted on the
+    client's data -> :meth:`upload` (what comes back) -> :meth:`aggregate` -> :meth:`apply`; then
+    :meth:`server_steps` alignment steps on the server. The defaults describe LoRA averaging of the
+    adapter with no server training; subclasses override what differs.
+    """
+
+    name: ClassVar[str] = ""
+    """The config value that selects the algorithm (empty for unregistered user classes)."""
+
+    def check(self, run: RunSettings) -> list[str]:
+        """Every run setting that contradicts the algorithm, each naming the fix (empty: fine)."""
+        return []
+
+    def layout(self, num_layers: int, request: LayoutRequest) -> LayerLayout:
+        """Which decoder layers the clients hold, and which of them train (adapter) or are aligned (emulator)."""
+        raise NotImplementedError
+
+    def compresses(self) -> bool:
+        """Whether clients hold a compressed model (an emulator) instead of the full one."""
+        return True
+
+    def client_module(self, views: ModelViews, optim: ClientOptim) -> pl.LightningModule:
+        """The LightningModule a client fits (built once per run; it shares ``views``' tensors)."""
+        from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
+
+        return AdapterFinetuneModule(views, proximal_weight=optim.proximal_weight, lr=optim.lr, betas=optim.betas,
+                                     weight_decay=optim.weight_decay, log_steps=False, proximal=self.proximal())
+
+    def proximal(self) -> ProximalKind:
+        """The kind of the clients' proximal term (used when the proximal weight is > 0)."""
+        return "delta_w"
+
+    def broadcast_part(self, round_idx: int) -> Part:
+        """Which LoRA goes down in round ``round_idx`` (the emulator's only while it changes)."""
+        return "all" if round_idx == 0 else "adapter"
+
+    def broadcast(self, views: ModelViews, round_idx: int) -> dict[str, Tensor]:
+        """The LoRA state sent to every sampled client of round ``round_idx``."""
+        return views.lora_state(self.broadcast_part(round_idx))
+
+    def upload_part(self) -> Part:
+        """Which LoRA a client trains and sends back."""
+        return "adapter"
+
+    def upload(self, views: ModelViews) -> dict[str, Tensor]:
+        """What a client sends back after its fit (a detached copy)."""
+        return views.lora_state(self.upload_part())
+
+    def aggregate(self, uploads: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
+        """The clients' accepted uploads combined (sample-weighted FedAvg)."""
+        return fedavg(uploads, weights)
+
+    def apply(self, views: ModelViews, aggregate: dict[str, Tensor]) -> None:
+        """Make ``aggregate`` the global state."""
+        views.load_lora_state(aggregate)
+
+    def server_steps(self, round_idx: int | None, align_steps: int) -> int:
+        """Server (alignment) optimizer steps after round ``round_idx`` (``None``: a pre-alignment epoch)."""
+        return align_steps if round_idx is None else 0
+
+    def trains_on_server(self, pre_alignment_rounds: int) -> bool:
+        """Whether the server ever takes an optimizer step in a run with these pre-alignment rounds."""
+        return pre_alignment_rounds > 0 or self.server_steps(0, 1) > 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+"""Registered algorithms by config name (filled by :func:`register_algorithm`)."""
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make ``cls`` selectable as ``federated.algorithm: <cls.name>``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no `name` to register under.")
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def resolve_algorithm(value: str | Algorithm | type[Algorithm] | dict[str, Any]) -> Algorithm:
+    """The algorithm object that ``value`` names: a registered name (``fedbiot``), a dotted class
+    path (``my_package.MyAlgorithm``), a class, an instance, or ``{class_path, init_args}``.
+
+    Raises:
+        ConfigError: naming the value and the registered names.
+    """
+    if isinstance(value, Algorithm):
+        return value
+    if isinstance(value, type) and issubclass(value, Algorithm):
+        return value()
+    init_args: dict[str, Any] = {}
+    if isinstance(value, dict) and "class_path" in value:
+        value, init_args = value["class_path"], dict(value.get("init_args") or {})
+    if isinstance(value, str) and value in ALGORITHMS and not init_args:
+        return ALGORITHMS[value]()
+    if isinstance(value, str) and "." in value:
+        module_name, _, class_name = value.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as error:
+            raise ConfigError(f"federated.algorithm {value!r} cannot be imported ({error}).") from error
+        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+            raise ConfigError(f"federated.algorithm {value!r} is not a subclass of fedbiot_pl.algorithms.Algorithm.")
+        return cls(**init_args)
+    raise ConfigError(
+        f"unknown algorithm {value!r}; choose one of {sorted(ALGORITHMS)} or give the class_path of an "
+        "fedbiot_pl.algorithms.Algorithm subclass."
+    )
+
+
+def compressed_layout(num_layers: int, request: LayoutRequest, bottom_default: int) -> LayerLayout:
+    """The emulator + adapter layout (:func:`~fedbiot_pl.model.layer_drop.layer_layout`)."""
+    bottom = bottom_default if request.bottom_adapter_layers is None else request.bottom_adapter_layers
+    return layer_layout(num_layers, request.adapter_layers, request.drop_rate, bottom)

@@ -1,0 +1,125 @@
+"""The client side of a round in this process: from the broadcast bytes to the reply.
+
+:class:`LocalClients` is the function a transport calls per client: it loads the broadcast into the
+shared model views, fits the algorithm's client module for ``local_steps`` optimizer steps with a
+fresh lean Trainer on the client's data, and answers with its mean loss and its encoded upload. A
+client whose fit raises, runs past its time limit or ends with a non-finite loss is dropped (the
+reply says why); the round goes on without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch import Callback
+from typing_extensions import override
+
+from fedbiot_pl import hooks
+from fedbiot_pl.federation.client_trainer import ClientDeadline, ClientTimeout, build_client_trainer, client_fit_context
+from fedbiot_pl.federation.messages import LoRAState, decode_message
+from fedbiot_pl.federation.placement import client_seed
+from fedbiot_pl.federation.transport import ClientReply
+
+log = logging.getLogger(__name__)
+
+
+class ClientData(Protocol):
+    """What the round needs of the data: the clients, each one's loader per round, and its size."""
+
+    num_clients: int
+
+    def client_dataloader(self, client_id: int, round_idx: int) -> Any:
+        """The client's training batches in round ``round_idx``."""
+        ...
+
+    def client_num_examples(self, client_id: int) -> int:
+        """The client's number of training examples (its FedAvg weight)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClientFitSettings:
+    """One client fit: optimizer steps, micro-batches per step, time limit (seconds, ``None``: none)."""
+
+    local_steps: int = 30
+    accumulate_grad_batches: int = 2
+    time_limit: float | None = None
+
+
+class StepHookPoint(Callback):
+    """Fires the ``client_step`` hook point at every client batch (added only while a handler listens)."""
+
+    def __init__(self, **context: Any) -> None:
+        self.context = context
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        hooks.fire("client_step", step=batch_idx, module=pl_module, **self.context)
+
+
+class LocalClients:
+    """Fits clients in this process on the model views they share with the server.
+
+    Args:
+        algorithm: what a client uploads (:meth:`~fedbiot_pl.algorithms.Algorithm.upload`).
+        views: the model views (the server's: clients share its frozen weights).
+        module: the client LightningModule (:meth:`~fedbiot_pl.algorithms.Algorithm.client_module`).
+        data: the clients' data.
+        fit: steps, accumulation and time limit of each fit.
+        device: where the fits run.
+        precision: Lightning precision of the fits.
+        seed: the run's seed (a client's random numbers depend on it, the round and the client).
+        world_size: processes sharing the clients (several: each client seeds its own random numbers).
+    """
+
+    def __init__(self, algorithm: Any, views: Any, module: pl.LightningModule, data: ClientData,
+                 fit: ClientFitSettings, device: torch.device | str = "cpu", precision: Any = "32-true",
+                 seed: int = 42, world_size: int = 1) -> None:
+        self.algorithm, self.views, self.module, self.data = algorithm, views, module, data
+        self.fit, self.device, self.precision = fit, torch.device(device), precision
+        self.seed, self.world_size = seed, world_size
+        self.last_error: BaseException | None = None
+
+    def run(self, client_id: int, broadcast: bytes, round_idx: int, attempt: int = 0) -> ClientReply:
+        """One client's part of a round: load ``broadcast``, fit, encode the upload."""
+        context = {"round": round_idx, "client": client_id, "attempt": attempt}
+        self.views.load_lora_state(decode_message(broadcast, LoRAState).tensors)
+        if self.world_size > 1:  # LoRA dropout masks must not depend on the rank a client lands on
+            torch.manual_seed(client_seed(self.seed, round_idx, client_id))
+        try:
+            hooks.fire("client_fit", **context)
+            loss = self._fit(client_id, round_idx, context)
+            if not math.isfinite(loss):
+                return ClientReply(client_id, loss, b"", f"non-finite mean loss {loss}")
+            payload = LoRAState(self.algorithm.upload(self.views)).encode()
+            return ClientReply(client_id, loss, hooks.transform("upload", payload, **context))
+        except ClientTimeout as error:
+            return ClientReply(client_id, math.nan, b"", str(error))
+        except Exception as error:  # any failure of a client drops that client, never the round
+            log.debug("round %d: client %d failed", round_idx, client_id, exc_info=True)
+            self.last_error = error  # the cause shown if the round then stops
+            return ClientReply(client_id, math.nan, b"", f"fit raised {type(error).__name__}: {error}")
+        finally:
+            for param in self.views.lora_parameters(self.algorithm.upload_part()).values():
+                param.grad = None
+
+    def _fit(self, client_id: int, round_idx: int, context: dict[str, int]) -> float:
+        callbacks: list[Callback] = []
+        if self.fit.time_limit is not None:
+            callbacks.append(ClientDeadline(self.fit.time_limit))
+        if hooks.attached("client_step"):
+            callbacks.append(StepHookPoint(**context))
+        with client_fit_context():
+            trainer = build_client_trainer(self.device, self.precision, self.fit.local_steps,
+                                           self.fit.accumulate_grad_batches, callbacks)
+            trainer.fit(self.module, train_dataloaders=self.data.client_dataloader(client_id, round_idx))
+        if trainer.global_step != self.fit.local_steps:
+            raise RuntimeError(f"client {client_id} ran {trainer.global_step} optimizer steps, "
+                               f"expected {self.fit.local_steps}.")
+        return self.module.mean_loss

@@ -1,0 +1,162 @@
+"""One federated round as a plain object: sampling, broadcast, client fits, uploads, their checks,
+aggregation, and the server's steps. No Trainer: tests and benchmarks call it directly, and the
+:class:`~fedbiot_pl.callbacks.FederatedLoop` callback calls it from Lightning's hooks.
+
+One round ``t`` (attempt ``a``; a retry samples again with ``attempt=a``)::
+
+    sample_clients(seed, t, a) -> clients
+    algorithm.broadcast(views, t) -> LoRAState -> bytes          ledger: tensor bytes x clients
+    transport.exchange(clients, bytes, client_fn) -> replies     ledger: wire bytes down and up
+        client_fn: load broadcast, fit client module, algorithm.upload -> bytes
+    per reply: dropped? | decode + LoRAState.problem (keys, shapes, finite, norm)? -> accept
+    fewer than min_clients accepted -> restore the global state, retry or stop
+    algorithm.aggregate(accepted, weights) [-> server_optimizer.step] -> algorithm.apply(views, .)
+    algorithm.server_steps(t) alignment steps (the loop's server epoch, or ``server_step`` here)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from fedbiot_pl.federation.attempts import RoundAttempt, TooFewClientsError, round_record, too_few_message
+from fedbiot_pl.federation.client import ClientData, LocalClients
+from fedbiot_pl.federation.ledger import CommLedger
+from fedbiot_pl.federation.messages import LoRAState
+from fedbiot_pl.federation.sampling import sample_clients
+from fedbiot_pl.federation.transport import InProcessTransport, Transport
+from fedbiot_pl.federation.validation import receive_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """How a round samples, weighs and checks its clients (see :class:`~fedbiot_pl.callbacks.FederatedLoop`)."""
+
+    clients_per_round: int | float | None = None
+    seed: int = 42
+    weighting: str = "examples"
+    min_clients: int = 1
+    on_too_few: str = "stop"
+    max_round_retries: int = 2
+    max_update_norm: float | None = None
+
+
+@dataclass
+class RoundResult:
+    """A finished round: its attempts, its metrics row and its history entry."""
+
+    round_idx: int
+    attempts: list[RoundAttempt]
+    metrics: dict[str, float] = field(default_factory=dict)
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+class RoundRunner:
+    """Runs rounds of ``algorithm`` on ``views`` with the clients of ``data``.
+
+    Args:
+        algorithm: the federated algorithm (:class:`~fedbiot_pl.algorithms.Algorithm`).
+        views: the server's model views (built).
+        data: the clients' data.
+        clients: the client side (:class:`~fedbiot_pl.federation.client.LocalClients`).
+        settings: sampling, weighting and fault handling.
+        ledger: the traffic totals (a new one if not given).
+        transport: how messages reach the clients (in-process if not given).
+        server_optimizer: a FedOpt server optimizer applied to the aggregate (``None``: FedAvg).
+    """
+
+    def __init__(self, algorithm: Any, views: Any, data: ClientData, clients: LocalClients,
+                 settings: RoundSettings, ledger: CommLedger | None = None, transport: Transport | None = None,
+                 server_optimizer: Any = None) -> None:
+        self.algorithm, self.views, self.data, self.clients = algorithm, views, data, clients
+        self.settings = settings
+        self.ledger = ledger if ledger is not None else CommLedger()
+        self.transport = transport if transport is not None else InProcessTransport(self.ledger)
+        self.server_optimizer = server_optimizer
+
+    def run_round(self, round_idx: int, server_step: Callable[[int], Any] | None = None,
+                  align_steps: int = 0) -> RoundResult:
+        """Run round ``round_idx`` and make its aggregate the global state.
+
+        Args:
+            round_idx: the round (0-based).
+            server_step: called once with the number of server steps the algorithm takes after this
+                round (skipped when 0); the Lightning loop leaves it ``None``: its server epoch takes them.
+            align_steps: the run's alignment steps per round (what :meth:`server_step` is told).
+
+        Raises:
+            TooFewClientsError: fewer than ``min_clients`` accepted updates in every attempt.
+        """
+        started = time.perf_counter()
+        down_before, up_before = self.ledger.bytes_down, self.ledger.bytes_up
+        attempts = self._attempts(round_idx)
+        final = attempts[-1]
+        aggregate = self.algorithm.aggregate(final.uploads, final.weights)
+        if self.server_optimizer is not None:
+            aggregate = self.server_optimizer.step(final.reference, aggregate)
+        self.algorithm.apply(self.views, aggregate)
+        metrics, entry = round_record(round_idx, attempts)
+        metrics.update({
+            "round/client_seconds": time.perf_counter() - started,
+            "comm/bytes_down": float(self.ledger.bytes_down - down_before),
+            "comm/bytes_up": float(self.ledger.bytes_up - up_before),
+            "comm/total_bytes": float(self.ledger.bytes_down + self.ledger.bytes_up),
+        })
+        steps = self.algorithm.server_steps(round_idx, align_steps)
+        if server_step is not None and steps > 0:
+            server_step(steps)
+        return RoundResult(round_idx, attempts, metrics, {**entry, **metrics})
+
+    def _attempts(self, round_idx: int) -> list[RoundAttempt]:
+        settings = self.settings
+        attempts: list[RoundAttempt] = []
+        for attempt in range(1 + (settings.max_round_retries if settings.on_too_few == "retry" else 0)):
+            clients = sample_clients(self.data.num_clients, settings.clients_per_round, settings.seed, round_idx,
+                                     attempt)
+            state = self.algorithm.broadcast(self.views, round_idx)
+            self.ledger.record_down(state, len(clients))
+            # The upload's reference: what the clients received of the part they train.
+            global_part = {key: state[key] for key in self.views.lora_parameters(self.algorithm.upload_part())}
+            result = RoundAttempt(attempt, clients, reference={k: v.cpu() for k, v in global_part.items()})
+            client_fn = partial(self._client, round_idx=round_idx, attempt=attempt)
+            for reply in self.transport.exchange(clients, LoRAState(state).encode(), client_fn):
+                self._receive(result, reply, round_idx)
+            attempts.append(result)
+            if len(result.uploads) >= settings.min_clients:
+                return attempts
+            self.views.load_lora_state(global_part)  # the clients' fits left their LoRA in the shared views
+            log.warning("round %d, attempt %d: %d accepted updates, fewer than min_clients=%d.",
+                        round_idx, attempt + 1, len(result.uploads), settings.min_clients)
+        message = too_few_message(round_idx, attempts, settings.min_clients, settings.on_too_few)
+        raise TooFewClientsError(message) from self.clients.last_error
+
+    def _client(self, client_id: int, broadcast: bytes, round_idx: int, attempt: int) -> Any:
+        return self.clients.run(client_id, broadcast, round_idx, attempt)
+
+    def _receive(self, result: RoundAttempt, reply: Any, round_idx: int) -> None:
+        """Drop, reject or accept one client's reply (every rank does this for every client, in order)."""
+        client_id = reply.client
+        if reply.dropped is not None:
+            log.warning("round %d: client %d dropped: %s", round_idx, client_id, reply.dropped)
+            result.drop(client_id, reply.dropped)
+            return
+        update, problem = receive_update(reply.payload, result.reference, self.settings.max_update_norm)
+        if update is None:
+            self.ledger.record_up_bytes(len(reply.payload))  # it travelled, but could not be read
+        else:
+            self.ledger.record_up(update)
+        if problem is not None:
+            self.ledger.uploads_rejected += 1
+            log.warning("round %d: update of client %d rejected: %s", round_idx, client_id, problem)
+            result.reject(client_id, problem)
+            return
+        result.uploads.append(update)
+        weight = self.data.client_num_examples(client_id) if self.settings.weighting == "examples" else 1.0
+        result.weights.append(weight)
+        result.losses[client_id] = reply.loss
