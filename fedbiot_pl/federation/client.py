@@ -74,8 +74,8 @@ class LocalClients:
         fit: steps, accumulation and time limit of each fit.
         device: where the fits run.
         precision: Lightning precision of the fits.
-        seed: the run's seed (a client's random numbers depend on it, the round and the client).
-        world_size: processes sharing the clients (several: each client seeds its own random numbers).
+        seed: the run's seed (a client's random numbers depend on it, the round and the client only).
+        world_size: processes sharing the clients.
     """
 
     def __init__(self, algorithm: Any, views: Any, module: pl.LightningModule, data: ClientData,
@@ -87,11 +87,24 @@ class LocalClients:
         self.last_error: BaseException | None = None
 
     def run(self, client_id: int, broadcast: bytes, round_idx: int, attempt: int = 0) -> ClientReply:
-        """One client's part of a round: load ``broadcast``, fit, encode the upload."""
-        context = {"round": round_idx, "client": client_id, "attempt": attempt}
+        """One client's part of a round: load ``broadcast``, fit, encode the upload.
+
+        The fit runs in its own random-number context seeded from (seed, round, client): its LoRA
+        dropout masks do not depend on the process, rank or order it runs in, and the server's random
+        stream is left as it was.
+        """
         self.views.load_lora_state(decode_message(broadcast, LoRAState).tensors)
-        if self.world_size > 1:  # LoRA dropout masks must not depend on the rank a client lands on
+        with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(client_seed(self.seed, round_idx, client_id))
+            return self._run(client_id, round_idx, attempt)
+
+    def _rng_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+
+    def _run(self, client_id: int, round_idx: int, attempt: int) -> ClientReply:
+        context = {"round": round_idx, "client": client_id, "attempt": attempt}
         try:
             hooks.fire("client_fit", **context)
             loss = self._fit(client_id, round_idx, context)
