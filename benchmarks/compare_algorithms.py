@@ -32,6 +32,7 @@ ALGORITHMS = tuple(REGISTERED)  # every registered algorithm, in registration or
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's command-line arguments (``argv``, else ``sys.argv``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="gsm8k", choices=("gsm8k", "code", "dolly"), help="task recipe in configs/")
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
@@ -66,6 +67,7 @@ def fit(algorithm: str, args: argparse.Namespace, out: Path) -> float:
 
 
 def evaluate(run: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Score a run with ``train.py evaluate`` on GSM8K in its own process; returns the accuracy per variant."""
     command = [sys.executable, str(ROOT / "train.py"), "evaluate", "--run", str(run), "--task", "gsm8k",
                "--limit", str(args.eval_limit), "--shots", "0", "--max-new-tokens", str(args.max_new_tokens),
                "--json"]
@@ -87,6 +89,7 @@ def client_memory(run: Path) -> int:
 
 
 def collect(algorithm: str, run: Path, wall: float, args: argparse.Namespace) -> dict:
+    """One table row of a finished run: validation history and losses, accuracy, bytes, memory, wall time."""
     history = json.loads((run / "client_validation.json").read_text())
     ledger = json.loads((run / "final_adapter" / "federated_summary.json").read_text())["ledger"]
     return {
@@ -98,6 +101,7 @@ def collect(algorithm: str, run: Path, wall: float, args: argparse.Namespace) ->
 
 
 def table(rows: list[dict]) -> str:
+    """The markdown table of ``rows``, one line per algorithm."""
     lines = [
         "| algorithm | val loss AdapEmu | val loss AdapFu | GSM8K acc AdapEmu | GSM8K acc AdapFu | LoRA bytes / round "
         "| est. client peak memory | fit wall time |",
@@ -114,6 +118,7 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Save to ``path`` a PNG of each algorithm's validation losses against the cumulative bytes communicated."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +127,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for index, r in enumerate(rows):
         xs, color = [h["total_bytes"] for h in r["history"]], f"C{index}"
-        ax.plot(xs, [h["adapemu_loss"] for h in r["history"]], marker="o", color=color, label=f"{r['algorithm']} (AdapEmu)")
+        ax.plot(xs, [h["adapemu_loss"] for h in r["history"]], marker="o", color=color,
+                label=f"{r['algorithm']} (AdapEmu)")
         ax.plot(xs, [h["adapfu_loss"] for h in r["history"]], marker="x", linestyle="--", color=color, alpha=0.6,
                 label=f"{r['algorithm']} (AdapFu)")
     ax.set_xscale("log")
@@ -136,6 +142,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Fit, evaluate and collect every algorithm, then write the table, the JSON results and the plot."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -21,9 +21,9 @@ import torch
 from transformers import AutoTokenizer
 
 from fedbiot_pl.assets import resolve
+from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules import GenerationModule, GenerationSettings
 from fedbiot_pl.modules.generation_module import left_padded_batches
-from fedbiot_pl.model.views import ModelViews
 
 PROMPTS = ["Once upon a time", "Lily had a red ball", "The little dog ran to the park", "Tom and Sue",
            "One day, a bird", "The sun was hot and", "Max wanted to play", "In a small house there was"]
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(resolve(args.model))
     prompts = (PROMPTS * (args.batch_size // len(PROMPTS) + 1))[: args.batch_size]
     batch = left_padded_batches(tokenizer, prompts, list(range(len(prompts))), args.batch_size)[0]
-    print(f"{args.model}: batch {args.batch_size}, {args.new_tokens} new tokens, torch threads {torch.get_num_threads()}")
+    print(f"{args.model}: batch {args.batch_size}, {args.new_tokens} new tokens, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"{'variant':<8} {'kv cache':<9} {'median s':>9} {'tokens/s':>10}   all runs [s]")
     rates, runs = {}, {}
     for variant in ("adapfu", "adapemu"):

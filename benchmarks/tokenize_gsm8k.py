@@ -66,8 +66,10 @@ def run_child(data: str, tokenizer_dir: str, cache_dir: str, max_length: int) ->
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    """Parse the arguments, run the repeats, print every run and the medians; returns (and with
-    ``--json`` writes) every run and the medians."""
+    """Parse the arguments, run the repeats, and print every run and the medians.
+
+    Returns (and with ``--json`` writes) every run and the medians.
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))

@@ -12,8 +12,8 @@ from lightning.pytorch import Callback
 from torch import nn
 from typing_extensions import override
 
-from fedbiot_pl.callbacks.federated_loop import round_due
 from fedbiot_pl.artifacts.export import atomic_write
+from fedbiot_pl.callbacks.federated_loop import round_due
 from fedbiot_pl.modules.generation_module import Variant
 
 

@@ -39,9 +39,12 @@ CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
 
 
 def round_due(trainer: pl.Trainer, every_n_rounds: int) -> tuple[FederatedLoop | None, int | None]:
-    """The trainer's :class:`FederatedLoop` (``None`` if it has none) and the round its current epoch
-    ends, if that round is due for a periodic callback: rounds ``n, 2n, ...`` and the last epoch;
-    else ``None`` (also for pre-alignment epochs). Without a loop, epochs count as rounds."""
+    """The trainer's :class:`FederatedLoop` and the round that ends with this epoch, if it is due.
+
+    The loop is ``None`` if the trainer has none (epochs then count as rounds). The round is due for
+    a periodic callback at rounds ``n, 2n, ...`` and the last epoch; else it is ``None`` (also for
+    pre-alignment epochs).
+    """
     loop = next((cb for cb in trainer.callbacks if isinstance(cb, FederatedLoop)), None)
     round_idx = loop.round_index(trainer.current_epoch) if loop else trainer.current_epoch
     last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
@@ -51,8 +54,9 @@ def round_due(trainer: pl.Trainer, every_n_rounds: int) -> tuple[FederatedLoop |
 
 
 class FederatedLoop(Callback):
-    """Runs the rounds of FedBiOT (or another algorithm) inside the server's ``Trainer.fit`` of an
-    EmulatorAlignmentModule.
+    """Runs the rounds of FedBiOT (or another algorithm) inside the server's ``Trainer.fit``.
+
+    The server's module is an EmulatorAlignmentModule.
 
     ``algorithm`` (:mod:`fedbiot_pl.algorithms`) lays out the model views at set-up and decides what
     is broadcast, trained, uploaded and aggregated, and how many alignment steps the server takes
@@ -192,7 +196,8 @@ class FederatedLoop(Callback):
         issues = []
         views = getattr(pl_module, "split", None)
         if views is None:
-            issues.append(f"the model must be an EmulatorAlignmentModule (with .split), got {type(pl_module).__name__}.")
+            issues.append(
+                f"the model must be an EmulatorAlignmentModule (with .split), got {type(pl_module).__name__}.")
         else:
             try:  # the algorithm lays out the views (before any weight loads)
                 views.use_algorithm(self.algorithm)
@@ -219,7 +224,8 @@ class FederatedLoop(Callback):
                 issues.append(str(error))
             issues += self.algorithm.check(RunSettings(datamodule.num_clients, 0, self.client_optim.proximal_weight))
         if trainer.max_steps != -1:
-            issues.append(f"set trainer.max_steps to -1 (got {trainer.max_steps}); FederatedLoop.rounds sets the length.")
+            issues.append(
+                f"set trainer.max_steps to -1 (got {trainer.max_steps}); FederatedLoop.rounds sets the length.")
         # A round checkpoint is written when its epoch ends, after the round's validation and metrics
         # (Lightning would write it at validation end, without the loop's state, when validation
         # does not run every epoch): unset `save_on_train_epoch_end` becomes True, False is refused.
@@ -332,7 +338,8 @@ class FederatedLoop(Callback):
 
     # ------------------------------------------------------------------ resume
     @override
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         # The settings a resume must share (compared by the CLI before any weight loads).
         checkpoint[SETTINGS_KEY] = run_settings(pl_module.split, self)
         checkpoint[DATA_KEY] = data_settings(trainer.datamodule)

@@ -9,9 +9,9 @@ import lightning.pytorch as pl
 from lightning.pytorch import Callback
 from typing_extensions import override
 
+from fedbiot_pl.artifacts.export import atomic_write
 from fedbiot_pl.callbacks.federated_loop import round_due
 from fedbiot_pl.evaluation.generation import DEFAULT_DATA, Task, evaluate_split, read_eval_records
-from fedbiot_pl.artifacts.export import atomic_write
 from fedbiot_pl.modules.generation_module import GenerationSettings, Variant
 
 

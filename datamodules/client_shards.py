@@ -7,9 +7,9 @@ from typing import Any
 import datasets
 import numpy as np
 
+from fedbiot_pl.data.partition import dirichlet_partition, iid_partition, meta_partition, train_val_split
 from fedbiot_pl.data.sources import PRESET_CLIENT_KEY, DataSource, RecordSpec, source_client_keys
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.data.partition import dirichlet_partition, iid_partition, meta_partition, train_val_split
 
 PARTITIONS = ("iid", "meta", "dirichlet")
 """The partition schemes."""
@@ -119,11 +119,13 @@ def argument_problems(arguments: dict[str, Any]) -> list[str]:
     """List every invalid constructor argument, each with the value it had and what is allowed."""
     problems: list[str] = []
     if not isinstance(arguments["tokenizer"], str) or not arguments["tokenizer"].strip():
-        problems.append(f"tokenizer={arguments['tokenizer']!r}: must be a non-empty string (a path, a hub id or 'embedded:...').")
+        problems.append(f"tokenizer={arguments['tokenizer']!r}: must be a non-empty string "
+                        "(a path, a hub id or 'embedded:...').")
     for name in ("task", "public"):
         source, path = arguments[name], arguments[f"{name}_path"]
         if source is not None and path is not None:
-            problems.append(f"{name} and {name}_path are both set: give one ({name}_path is shorthand for {name}.path).")
+            problems.append(f"{name} and {name}_path are both set: give one "
+                            f"({name}_path is shorthand for {name}.path).")
         if source is not None and not isinstance(source, DataSource):
             problems.append(f"{name}={source!r}: must be a DataSource (path, format, ...).")
         if path is not None and (not isinstance(path, str) or not path.strip()):

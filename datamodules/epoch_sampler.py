@@ -1,5 +1,7 @@
-"""A shuffling sampler whose order is a pure function of (seed, epoch), so a resumed run sees the
-same batches in every epoch as an uninterrupted one."""
+"""A shuffling sampler whose order is a pure function of (seed, epoch).
+
+So a resumed run sees the same batches in every epoch as an uninterrupted one.
+"""
 
 from __future__ import annotations
 

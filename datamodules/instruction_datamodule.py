@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typing_extensions import override
 
+from fedbiot_pl.data.partition_report import PartitionTable, format_partition_table, partition_table, write_report
 from fedbiot_pl.data.pipeline import kept_mask, tokenize_dataset
 from fedbiot_pl.data.sources import DataSource, RecordSpec, check_source, load_source
+from fedbiot_pl.data.tokenization import InstructionCollator, ensure_pad_token, tokenizer_fingerprint
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluation.generation import read_eval_records
 from fedbiot_pl.evaluation.settings import DEFAULT_EVALUATION, EvaluationSettings, evaluation_batches
 from fedbiot_pl.model.location import model_location
-from fedbiot_pl.data.partition_report import PartitionTable, format_partition_table, partition_table, write_report
-from fedbiot_pl.data.tokenization import InstructionCollator, ensure_pad_token, tokenizer_fingerprint
 
 from .client_shards import (
     argument_problems,
@@ -233,7 +233,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         self._public = public_examples.select(np.flatnonzero(public_kept))
         self._tokenizer = tokenizer
         self._collator = InstructionCollator(pad_token_id=int(tokenizer.pad_token_id))
-        dropped = [len(t) + len(v) - len(kt) - len(kv) for (t, v), kt, kv in zip(shards, train, val)]
+        dropped = [len(t) + len(v) - len(kt) - len(kv) for (t, v), kt, kv in zip(shards, train, val, strict=True)]
         train_keys = [[keys[i] for i in rows] if keys is not None else [""] * len(rows) for rows in train]
         self.partition_report = partition_table(train_keys, [len(rows) for rows in val], dropped, key)
         log.info("Federated data ready: %d public examples.\n%s", len(self._public),
@@ -267,8 +267,10 @@ class FederatedInstructionDataModule(LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
-        """Loader over the server's public set, reshuffled every epoch in an order fixed by
-        ``(seed, epoch)`` (:class:`EpochShuffleSampler`), so a resumed run repeats it exactly."""
+        """Loader over the server's public set, reshuffled every epoch in an order fixed by ``(seed, epoch)``.
+
+        The order comes from :class:`EpochShuffleSampler`, so a resumed run repeats it exactly.
+        """
         if self._public is None:
             raise RuntimeError("Call setup() before train_dataloader().")
         return self._loader(self._public, self.public_batch_size, seed=None,
@@ -276,9 +278,11 @@ class FederatedInstructionDataModule(LightningDataModule):
 
     @override
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """Loader over the validation split: every client's held-out rows (``val_fraction``), client
-        by client in row order. ``[]`` when there are none: ``fit`` then skips validation, while
-        ``trainer.validate`` stops with a message naming ``val_fraction``."""
+        """Loader over the validation split: every client's held-out rows (``val_fraction``).
+
+        Client by client in row order. ``[]`` when there are none: ``fit`` then skips validation, while
+        ``trainer.validate`` stops with a message naming ``val_fraction``.
+        """
         self._client_examples(0)  # after setup()
         rows = datasets.concatenate_datasets(self._client_val)
         if len(rows) == 0:
@@ -293,8 +297,10 @@ class FederatedInstructionDataModule(LightningDataModule):
 
     @override
     def test_dataloader(self) -> DataLoader:
-        """The :attr:`evaluation` task's batches: every row for each variant in turn (see
-        :func:`evaluation_batches`); the server module's ``test_step`` generates and scores them."""
+        """The :attr:`evaluation` task's batches: every row for each variant in turn.
+
+        See :func:`evaluation_batches`; the server module's ``test_step`` generates and scores them.
+        """
         if self.eval_rows is None or self._tokenizer is None:
             raise RuntimeError("Call setup('test') before test_dataloader().")
         batches = evaluation_batches(self.evaluation, self.eval_rows, self._tokenizer)
@@ -344,9 +350,12 @@ class FederatedInstructionDataModule(LightningDataModule):
     def _loader(
         self, examples: datasets.Dataset, batch_size: int, seed: int | None, sampler: Sampler[int] | None = None
     ) -> DataLoader:
-        """A DataLoader over ``examples``: in ``sampler``'s order if given, else shuffled in an order
-        fixed by ``seed`` (``None``: not shuffled). It always has a generator of its own, so that
-        starting an iteration never draws from the global random state (LoRA dropout's)."""
+        """A DataLoader over ``examples``.
+
+        In ``sampler``'s order if given, else shuffled in an order fixed by ``seed`` (``None``: not shuffled).
+        It always has a generator of its own, so that starting an iteration never draws from the global
+        random state (LoRA dropout's).
+        """
         generator = torch.Generator()
         generator.manual_seed(self.seed if seed is None else seed)
         return DataLoader(

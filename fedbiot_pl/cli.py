@@ -33,13 +33,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.artifacts.checkpoint_io import AtomicCheckpointIO
-from fedbiot_pl.federation.attempts import TooFewClientsError
 from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger
+from fedbiot_pl.artifacts.logger_resume import continue_run, evaluate_into_run
+from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.artifacts.logger_resume import continue_run, evaluate_into_run
+from fedbiot_pl.federation.attempts import TooFewClientsError
 from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.quiet import RESUME_WARNING, quiet_lightning_cli
 
@@ -91,8 +91,10 @@ class FedBiOTCLI(LightningCLI):
 
     @override
     def _parse_ckpt_path(self) -> None:
-        """Lightning (2.5+) reads an explicit ``--ckpt_path`` file's hyper-parameters here: a damaged
-        file is named first (:func:`~fedbiot_pl.artifacts.checkpoint_integrity.resume_path`)."""
+        """Name a damaged explicit ``--ckpt_path`` file before Lightning (2.5+) reads its hyper-parameters.
+
+        See :func:`~fedbiot_pl.artifacts.checkpoint_integrity.resume_path`.
+        """
         from fedbiot_pl.artifacts.checkpoint_integrity import resume_path
 
         subcommand = self.config.get("subcommand")
@@ -103,8 +105,7 @@ class FedBiOTCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
-        """With ``--ckpt_path``, log into the run folder that the checkpoint belongs to and check the
-        checkpoint (:meth:`check_resume`)."""
+        """With ``--ckpt_path``, log into the checkpoint's run folder and check it (:meth:`check_resume`)."""
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         for logger in self.trainer.loggers:  # CSV and TensorBoard loggers continue the run's folder
             continue_run(logger, ckpt_path)
@@ -136,15 +137,28 @@ class FedBiOTCLI(LightningCLI):
         warnings.filterwarnings("ignore", message="The dirpath has changed from")
 
     def check_resume(self, ckpt_path: str | None) -> None:
-        """Resume only from an intact checkpoint written with this run's settings, checked before the
-        model is built or anything is written: a damaged ``last.ckpt`` gives way to the newest intact
-        checkpoint with a warning; a damaged explicit path, no intact checkpoint at all, or settings
-        that differ from the checkpoint's stop the command, naming the file and each setting."""
+        """Resume only from an intact checkpoint written with this run's settings.
+
+        Checked before the model is built or anything is written: a damaged ``last.ckpt`` gives way to
+        the newest intact checkpoint with a warning; a damaged explicit path, no intact checkpoint at
+        all, or settings that differ from the checkpoint's stop the command, naming the file and each
+        setting.
+        """
         if ckpt_path is None:
             return
         warnings.filterwarnings("ignore", message=RESUME_WARNING)  # the run's own checkpoint folder, again
-        from fedbiot_pl.artifacts.checkpoint_integrity import checkpoint_folders, local_checkpoint, read_checkpoint, resume_path
-        from fedbiot_pl.artifacts.resume_settings import check_resume_settings, data_settings, run_settings, warn_data_differences
+        from fedbiot_pl.artifacts.checkpoint_integrity import (
+            checkpoint_folders,
+            local_checkpoint,
+            read_checkpoint,
+            resume_path,
+        )
+        from fedbiot_pl.artifacts.resume_settings import (
+            check_resume_settings,
+            data_settings,
+            run_settings,
+            warn_data_differences,
+        )
 
         if ckpt_path == "last":  # an explicit path was checked in _parse_ckpt_path
             path = resume_path(ckpt_path, checkpoint_folders(self.trainer))
@@ -235,8 +249,10 @@ class _ConfigReader(FedBiOTCLI):
 
 
 def read_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> Any:
-    """The ``fit`` settings of ``train.py`` YAML ``files`` (later ones override earlier ones) plus
-    command-line style ``overrides``, parsed, linked and type-checked by the CLI's own parser.
+    """The ``fit`` settings of ``train.py`` YAML ``files``, read by the CLI's own parser.
+
+    Later files override earlier ones, then the command-line style ``overrides``; the parser applies
+    its defaults, links and type checks.
 
     ``plan``, ``evaluate`` and the tests read a run's settings through this one reader.
 
@@ -253,7 +269,8 @@ def read_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> A
     except _Parsed as parsed:
         return parsed.config
     except SystemExit as error:  # jsonargparse reports through the parser's error()
-        raise ConfigError(f"cannot read {', '.join(map(str, files))}: the parser stopped (exit {error.code}).") from error
+        names = ", ".join(map(str, files))
+        raise ConfigError(f"cannot read {names}: the parser stopped (exit {error.code}).") from error
     except Exception as error:  # the parser's own errors (argparse.ArgumentError, jsonargparse's) name the key
         raise ConfigError(f"cannot read {', '.join(map(str, files))}: {error}") from error
     raise AssertionError("unreachable: the reader stops before instantiation")
@@ -272,6 +289,6 @@ def config_views(config: Any) -> Any:
 
 
 def config_algorithm(config: Any) -> Any:
-    """``federated.algorithm`` of parsed ``fit`` settings, as :func:`~fedbiot_pl.algorithms.resolve_algorithm` takes it."""
+    """``federated.algorithm`` of parsed settings, as :func:`~fedbiot_pl.algorithms.resolve_algorithm` takes it."""
     algorithm = config.federated.algorithm
     return algorithm.as_dict() if hasattr(algorithm, "as_dict") else algorithm

@@ -16,14 +16,15 @@ from typing import Any
 
 import yaml
 
-from fedbiot_pl.evaluation.tasks import EVAL_TASKS, eval_task
-from fedbiot_pl.evaluation.generation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
 from fedbiot_pl.artifacts.export import atomic_write
+from fedbiot_pl.evaluation.generation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
+from fedbiot_pl.evaluation.tasks import EVAL_TASKS, eval_task
 from fedbiot_pl.model.location import model_location
 from fedbiot_pl.modules.generation_module import GenerationSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The ``fedbiot-evaluate`` command-line arguments (``argv``, else ``sys.argv``)."""
     p = argparse.ArgumentParser(prog="fedbiot-evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run folder holding config.yaml (e.g. runs/fedbiot/version_0)")
     p.add_argument("--ckpt", help="a .ckpt, a compressed_lora.safetensors or a final_adapter folder")
@@ -50,8 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_views(run: Path) -> tuple[Any, str]:
-    """The model views (laid out by the run's algorithm, not built) and the tokenizer of a run, from its
-    saved ``config.yaml`` read by the CLI's own parser (:func:`fedbiot_pl.cli.read_config`)."""
+    """The model views and the tokenizer of a run, from its saved ``config.yaml``.
+
+    The views are laid out by the run's algorithm, not built; the config is read by the CLI's own
+    parser (:func:`fedbiot_pl.cli.read_config`).
+    """
     from fedbiot_pl.cli import config_views, read_config
 
     config_file = run / "config.yaml"
@@ -62,6 +66,7 @@ def run_views(run: Path) -> tuple[Any, str]:
 
 
 def print_table(result: EvalResult) -> None:
+    """Print ``result``'s metrics as a table: one row per variant, one column per metric."""
     names = sorted({name for metrics in result.metrics.values() for name in metrics})
     print(f"{result.task:<10}" + "".join(f"{n:>14}" for n in names))
     for variant, metrics in result.metrics.items():
@@ -69,6 +74,11 @@ def print_table(result: EvalResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Evaluate a run's LoRA on a task and write its predictions and metrics under ``<run>/eval``.
+
+    Returns:
+        The exit status: 0, or 2 (with the error on stderr) for a bad argument or a missing file.
+    """
     args = parse_args(argv)
     try:
         import torch

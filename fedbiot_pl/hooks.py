@@ -27,8 +27,9 @@ _handlers: dict[str, list[Callable[..., Any]]] = {}
 
 
 def attach(point: str, handler: Callable[..., Any]) -> Callable[[], None]:
-    """Call ``handler(**context)`` at every :func:`fire` of ``point`` (or ``handler(value, **context)`` at
-    every :func:`transform`); returns the function that detaches it.
+    """Call ``handler(**context)`` at every :func:`fire` of ``point``; returns the function that detaches it.
+
+    At every :func:`transform` of ``point`` the call is ``handler(value, **context)``.
 
     Raises:
         ValueError: ``point`` is not one of :data:`POINTS`.

@@ -21,17 +21,16 @@ import json
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from fedbiot_pl.algorithms import ALGORITHMS, Algorithm, resolve_algorithm
-from fedbiot_pl.scaling.memory import client_peak_memory
-from fedbiot_pl.model.location import load_model_config
 from fedbiot_pl.federation.sampling import clients_per_round
+from fedbiot_pl.model.location import load_model_config
 from fedbiot_pl.model.views import DTYPES, ModelViews
+from fedbiot_pl.scaling.memory import client_peak_memory
 
 LORA_BYTES = 4  # LoRA weights travel as float32
 SPLIT_KEYS = ("adapter_layers", "drop_rate", "bottom_adapter_layers", "lora_r", "lora_alpha", "lora_targets")
@@ -47,8 +46,10 @@ def count(named: Iterable[tuple[str, nn.Parameter]], lora: bool) -> int:
 
 
 def traffic(emulator_lora: int, adapter_lora: int, clients: int) -> dict[str, dict[str, int]]:
-    """LoRA a round moves: each client downloads emulator + adapter LoRA and uploads adapter LoRA
-    (pass ``emulator_lora=0`` for algorithms whose emulator does not change during the rounds)."""
+    """LoRA a round moves: each client downloads emulator + adapter LoRA and uploads adapter LoRA.
+
+    Pass ``emulator_lora=0`` for algorithms whose emulator does not change during the rounds.
+    """
     down, up = emulator_lora + adapter_lora, adapter_lora
     one = {"download_params": down, "download_bytes": down * LORA_BYTES,
            "upload_params": up, "upload_bytes": up * LORA_BYTES}
@@ -66,13 +67,12 @@ def size(num_bytes: int) -> str:
     """``num_bytes`` with thousands separators and in binary units."""
     if num_bytes < 1024:
         return f"{num_bytes:,} B"
-    scaled = num_bytes / 1024
-    for unit in ("KiB", "MiB", "GiB"):
+    scaled, unit = num_bytes / 1024, "TiB"
+    for candidate in ("KiB", "MiB", "GiB"):
         if scaled < 1024:
+            unit = candidate
             break
         scaled /= 1024
-    else:
-        unit = "TiB"
     return f"{num_bytes:,} B ({scaled:.1f} {unit})"
 
 
@@ -143,8 +143,9 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         "model": {"name": model, "class": type(full).__name__, "num_layers": layout.num_full_layers,
                   "dtype": dtype},
         "split": {"adapter_layers": len(layout.top_adapter), "bottom_adapter_layers": len(layout.bottom_adapter),
-                  "drop_rate": 0.0 if not algorithm.compresses() else split_kwargs.get("drop_rate", DEFAULTS["drop_rate"]), "lora_r": split.lora_r,
-                  "lora_alpha": split.lora_alpha, "lora_targets": sorted(split.lora_targets)},
+                  "drop_rate": (0.0 if not algorithm.compresses()
+                                else split_kwargs.get("drop_rate", DEFAULTS["drop_rate"])),
+                  "lora_r": split.lora_r, "lora_alpha": split.lora_alpha, "lora_targets": sorted(split.lora_targets)},
         "layers": {"emulator": list(layout.emulator), "adapter": list(layout.bottom_adapter + layout.top_adapter)},
         "params": {"full": count(split.full.named_parameters(), lora=False), "compressed": base,
                    "emulator_lora": emulator_lora, "adapter_lora": adapter_lora},
@@ -222,8 +223,11 @@ def render_comparison(plans: list[dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------- command line
 def yaml_settings(path: str) -> dict[str, Any]:
-    """Model, split, LoRA, dtype, algorithm and clients per round of a ``train.py`` YAML, read by the
-    CLI's own parser (:func:`fedbiot_pl.cli.read_config`: its defaults, links and type checks)."""
+    """Model, split, LoRA, dtype, algorithm and clients per round of a ``train.py`` YAML.
+
+    Read by the CLI's own parser (:func:`fedbiot_pl.cli.read_config`: its defaults, links and type
+    checks).
+    """
     from fedbiot_pl.cli import config_algorithm, read_config
 
     config = read_config([path])

@@ -9,8 +9,8 @@ from typing_extensions import override
 from fedbiot_pl.algorithms.base import ProximalKind
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.losses import lora_param_proximal, lora_proximal
-from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules.lora_part_module import LoRAPartModule
 
 
 class AdapterFinetuneModule(LoRAPartModule):

@@ -6,11 +6,11 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from fedbiot_pl.model.capture import capture_output, run_until_stopped
 from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.model.capture import capture_output, run_until_stopped
 from fedbiot_pl.model.losses import causal_lm_ce, kl_teacher_student, normalized_l2
-from fedbiot_pl.modules.evaluation_steps import SplitEvaluationModule
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules.evaluation_steps import SplitEvaluationModule
 
 
 class EmulatorAlignmentModule(SplitEvaluationModule):
@@ -79,7 +79,9 @@ class EmulatorAlignmentModule(SplitEvaluationModule):
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()
 
-    def alignment_losses(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+    def alignment_losses(
+        self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``{"l2": ..., "kl": ..., "ce": ...}`` for one batch (each only when its weight is > 0)."""
         split, layout = self.split, self.split.layout
         hp = self.hparams

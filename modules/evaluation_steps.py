@@ -11,15 +11,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from fedbiot_pl.artifacts.export import write_text_atomic
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluation import generation as evaluation  # as a module: it imports this package
 from fedbiot_pl.evaluation.tasks import eval_task
-from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.artifacts.export import write_text_atomic
+from fedbiot_pl.federation.rng_state import capture_rng, restore_rng
 from fedbiot_pl.model.losses import causal_lm_ce
+from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules.generation_module import GenerationModule, Variant
 from fedbiot_pl.modules.lora_part_module import LoRAPartModule, lora_only
-from fedbiot_pl.federation.rng_state import capture_rng, restore_rng
-from fedbiot_pl.model.views import ModelViews
 
 VARIANTS: tuple[Variant, ...] = ("adapfu", "adapemu")
 
@@ -126,7 +126,7 @@ class SplitEvaluationModule(LoRAPartModule):
         self.split.eval()
         task = eval_task(settings.task)
         if not task.generates:  # ranks the row's choices by log-likelihood
-            for index, row in zip(batch["ids"], rows):
+            for index, row in zip(batch["ids"], rows, strict=True):
                 scores = evaluation.choice_scores(self.variant_model(variant), data.tokenizer, row, settings.task)
                 task.update_choices(metrics, row, scores)
                 predictions.append(task.choice_record(index, scores))
@@ -135,8 +135,10 @@ class SplitEvaluationModule(LoRAPartModule):
         raw = generator.generate(batch["input_ids"], batch["attention_mask"])
         cleaned = [[evaluation.postprocess(settings.task, c) for c in cs] for cs in raw]
         evaluation.update_task_metrics(settings.task, metrics, rows, cleaned)
-        predictions.extend(evaluation.prediction_record(settings.task, i, row, prompt, cs, r)
-                           for i, row, prompt, cs, r in zip(batch["ids"], rows, batch["prompts"], cleaned, raw))
+        predictions.extend(
+            evaluation.prediction_record(settings.task, i, row, prompt, cs, r)
+            for i, row, prompt, cs, r in zip(batch["ids"], rows, batch["prompts"], cleaned, raw, strict=True)
+        )
 
     @override
     def on_test_epoch_end(self) -> None:

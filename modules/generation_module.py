@@ -10,9 +10,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from typing_extensions import override
 
+from fedbiot_pl.data.tokenization import GenerationCollator, encode_prompt
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.views import ModelViews
-from fedbiot_pl.data.tokenization import GenerationCollator, encode_prompt
 
 Variant = Literal["adapfu", "adapemu"]
 
@@ -42,6 +42,7 @@ class GenerationSettings:
     min_new_tokens: int = 0
 
     def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``generate``; without the sampling ones under greedy decoding."""
         kwargs = asdict(self)
         if not self.do_sample:
             for key in ("temperature", "top_p", "top_k"):
@@ -81,6 +82,7 @@ class GenerationModule(LightningModule):
 
     @property
     def model(self) -> torch.nn.Module:
+        """The variant's model: ``split.full_with_adapter`` (AdapFu) or ``split.compressed`` (AdapEmu)."""
         return self.split.full_with_adapter if self.variant == "adapfu" else self.split.compressed
 
     @torch.no_grad()
@@ -101,7 +103,7 @@ class GenerationModule(LightningModule):
         if batch_idx == 0 and self.seed is not None:
             torch.manual_seed(self.seed)
         completions = self.generate(batch["input_ids"], batch["attention_mask"])
-        return [{"id": i, "completions": c} for i, c in zip(batch["ids"], completions)]
+        return [{"id": i, "completions": c} for i, c in zip(batch["ids"], completions, strict=True)]
 
     @override
     def on_test_epoch_start(self) -> None:

@@ -10,8 +10,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.model.views import ModelViews, Part
 from fedbiot_pl.quiet import EVAL_MODE_WARNING, expected_warnings
-from fedbiot_pl.model.views import Part, ModelViews
 
 CHECKPOINT_PREFIX = "split.compressed."
 

@@ -14,7 +14,8 @@ def test_fedavg_is_the_weighted_mean():
 
 
 def test_fedavg_keeps_dtype_and_averages_keys_separately():
-    states = [{"a": torch.ones(2, dtype=torch.bfloat16), "b": torch.zeros(1)}, {"a": torch.zeros(2, dtype=torch.bfloat16), "b": torch.ones(1)}]
+    states = [{"a": torch.ones(2, dtype=torch.bfloat16), "b": torch.zeros(1)},
+              {"a": torch.zeros(2, dtype=torch.bfloat16), "b": torch.ones(1)}]
     out = fedavg(states, [1, 1])
     assert out["a"].dtype == torch.bfloat16
     torch.testing.assert_close(out["a"].float(), torch.full((2,), 0.5))

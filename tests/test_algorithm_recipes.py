@@ -34,10 +34,12 @@ def test_every_algorithm_on_every_task_recipe(task, algorithm):
     assert loop.algorithm_name == split.algorithm_name == algorithm and split.algorithm is loop.algorithm
     clients = 1 if algorithm == "offsite_tuning" else TASKS[task]
     assert made.datamodule.num_clients == clients
-    assert loop.algorithm.check(RunSettings(clients, loop.pre_alignment_rounds, loop.client_optim.proximal_weight)) == []
+    settings = RunSettings(clients, loop.pre_alignment_rounds, loop.client_optim.proximal_weight)
+    assert loop.algorithm.check(settings) == []
     layout = split.layout  # stories260K: 5 layers
-    expected = {"fedbiot": ((), (0, 2), (3, 4)), "offsite_tuning": ((0, 1), (2,), (3, 4)), "fedot": ((0, 1), (2,), (3, 4)),
-                "fedavg_lora": ((), (), (0, 1, 2, 3, 4)), "fedprox": ((), (), (0, 1, 2, 3, 4))}[algorithm]
+    expected = {"fedbiot": ((), (0, 2), (3, 4)), "offsite_tuning": ((0, 1), (2,), (3, 4)),
+                "fedot": ((0, 1), (2,), (3, 4)), "fedavg_lora": ((), (), (0, 1, 2, 3, 4)),
+                "fedprox": ((), (), (0, 1, 2, 3, 4))}[algorithm]
     assert (layout.bottom_adapter, layout.emulator, layout.top_adapter) == expected
 
 
@@ -52,7 +54,8 @@ def test_one_shot_distillation_overlay_sets_the_distillation_weights():
 @pytest.mark.slow
 def test_fedavg_lora_run_through_the_cli_exports_a_full_model_adapter(tmp_path):
     main([
-        "fit", "--config", str(ROOT / "configs" / "gsm8k.yaml"), "--config", str(ROOT / "configs/algorithms/fedavg_lora.yaml"),
+        "fit", "--config", str(ROOT / "configs" / "gsm8k.yaml"),
+        "--config", str(ROOT / "configs/algorithms/fedavg_lora.yaml"),
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=fedbiot_pl.callbacks.ClientValidation",
         "--federated.rounds", "2", "--federated.local_steps", "1", "--federated.client_accumulate_grad_batches", "1",

@@ -10,8 +10,8 @@ from fedbiot_pl.algorithms import ALGORITHMS, LayoutRequest, RunSettings
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.model.layer_drop import layer_layout
 from fedbiot_pl.model.losses import lora_param_proximal
-from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 
@@ -152,7 +152,8 @@ def test_fedavg_lora_on_one_client_equals_plain_lora_finetuning(tmp_path):
     full = tiny_llama(num_layers=4)
     reference = tiny_llama(num_layers=4)
     reference.load_state_dict(full.state_dict())
-    split = ModelViews.from_model(full, algorithm="fedavg_lora", lora_dropout=0.0, lora_targets=["q_proj", "v_proj", "down_proj"])
+    split = ModelViews.from_model(full, algorithm="fedavg_lora", lora_dropout=0.0,
+                                  lora_targets=["q_proj", "v_proj", "down_proj"])
     split.build()
     with torch.no_grad():  # give B a non-zero start so that every factor gets gradients from step one
         for param in split.lora_parameters("all").values():
@@ -170,7 +171,7 @@ def test_fedavg_lora_on_one_client_equals_plain_lora_finetuning(tmp_path):
     peft_model.train()
     for round_idx in range(rounds):  # a fresh AdamW per round, as every client fit has
         optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-        for step, batch in zip(range(steps), data.client_dataloader(0, round_idx)):
+        for _step, batch in zip(range(steps), data.client_dataloader(0, round_idx), strict=False):
             peft_model(**batch, use_cache=False).loss.backward()
             optimizer.step()
             optimizer.zero_grad()

@@ -74,18 +74,38 @@ def test_round_overhead_runs_the_real_round_and_matches_the_plain_loop_bit_for_b
     out = tmp_path / "round.json"
     returned = round_overhead.main([*TINY_ROUND, "--repeats", "2", "--json", str(out)])
     res = json.loads(out.read_text())
-    assert res["settings"]["clients"] == 2 and res["settings"]["repeats"] == 2
-    assert res["bit_identical"] is True and returned["bit_identical"] is True
+    assert res["settings"]["clients"] == 2 and res["settings"]["repeats"] == 2 and res["algorithm"] == "fedbiot"
+    assert res["bit_identical"] is True and returned["bit_identical"] is True  # separate and interleaved rounds
     assert res["max_abs_diff_toolkit_vs_plain"] == 0.0
     assert res["max_abs_adapter_change_in_round"] > 0  # equal because both trained, not because neither did
     for key in ("ratio_of_medians", "ratio_median_of_pairs", "client_fit_ratio_median", "ratio_from_client_medians",
-                "warmup_first_client_setup_ms", "benchmark_wall_seconds"):
+                "client_fit_ratio_median_separate_rounds", "client_loop_ratio_median", "client_fit_ratio_of_minimums",
+                "warmup_first_client_setup_ms",
+                "benchmark_wall_seconds"):
         assert finite_positive(res[key]), key
+    # One pair per client and repeat, each order (plain first, toolkit first) in every repeat.
+    assert len(res["client_fit_ratios"]) == 2 * 2 and all(map(finite_positive, res["client_fit_ratios"]))
+    assert sorted(res["client_fit_ratio_median_by_first"]) == ["plain", "toolkit"]
     for path in ("toolkit", "plain"):
         assert len(res[path]["round_seconds"]) == 2 and all(map(finite_positive, res[path]["round_seconds"]))
         for key in ("client_setup_ms_median", "client_loop_ms_median", "client_total_ms_median", "step_ms_median"):
             assert finite_positive(res[path][key]), (path, key)
-    assert finite_positive(res["toolkit"]["client_trainer_init_ms_median"])
+    for key in ("client_trainer_init_ms_median", "client_receive_ms_median", "client_send_ms_median"):
+        assert finite_positive(res["toolkit"][key]), key
+
+
+def test_round_overhead_drives_the_round_runner_without_a_server_trainer(round_overhead, monkeypatch):
+    # The toolkit path is RoundRunner.run_round itself (no FederatedLoop, no server pl.Trainer).
+    from fedbiot_pl.callbacks import FederatedLoop
+    from fedbiot_pl.federation.round import RoundRunner
+
+    rounds = []
+    original = RoundRunner.run_round
+    monkeypatch.setattr(RoundRunner, "run_round", lambda self, *a, **k: rounds.append(self) or original(self, *a, **k))
+    monkeypatch.setattr(FederatedLoop, "on_train_epoch_start", lambda *a: pytest.fail("the loop callback ran"))
+    round_overhead.main([*TINY_ROUND, "--clients", "1", "--repeats", "1"])
+    # warm-up, the separate toolkit round and the interleaved one
+    assert len(rounds) == 3 and all(type(runner.algorithm).__name__ == "FedBiOT" for runner in rounds)
 
 
 def test_round_overhead_refuses_a_round_that_dropped_a_client(round_overhead, monkeypatch):

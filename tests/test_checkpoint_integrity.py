@@ -137,7 +137,8 @@ def test_damaged_explicit_path_is_refused_naming_it_and_the_alternative(tmp_path
     save(tmp_path, "round-epoch=0.ckpt", 0)
     save(tmp_path, "round-epoch=1.ckpt", 1)
     flip_byte(save(tmp_path, "round-epoch=2.ckpt", 2))
-    with pytest.raises(DamagedCheckpointError, match="Checkpoint .*round-epoch=2.ckpt is damaged: its SHA-256") as error:
+    with pytest.raises(DamagedCheckpointError,
+                       match="Checkpoint .*round-epoch=2.ckpt is damaged: its SHA-256") as error:
         resume_path(tmp_path / "round-epoch=2.ckpt", [])
     assert f"--ckpt_path {tmp_path / 'round-epoch=1.ckpt'} (epoch 1)" in str(error.value)
     with pytest.raises(DamagedCheckpointError, match="round-epoch=9.ckpt does not exist.\n.*round-epoch=1.ckpt"):

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fedbiot_pl.data import pipeline as data_pipeline
 from fedbiot_pl.assets import resolve
+from fedbiot_pl.data import pipeline as data_pipeline
 from fedbiot_pl.data.pipeline import record_texts, tokenization_fingerprint, tokenize_dataset
-from fedbiot_pl.data.sources import DataSource, RecordSpec, check_source, load_source
 from fedbiot_pl.data.prompts import format_prompt
+from fedbiot_pl.data.sources import DataSource, RecordSpec, check_source, load_source
 from fedbiot_pl.data.tokenization import ensure_pad_token, tokenize_example
 
 TOKENIZER_DIR = resolve("embedded:models/stories260K")
@@ -49,7 +49,8 @@ def test_code_texts_lose_no_break_spaces_and_use_the_input_template() -> None:
 
 def test_dolly_context_is_the_input_and_an_empty_one_is_no_input() -> None:
     spec = RecordSpec("dolly", {"instruction": "instruction", "input": "context", "output": "response"})
-    prompts, responses = record_texts(spec, ["Capital?", "Name a fruit."], ["France is a country.", ""], ["Paris", "Apple"])
+    prompts, responses = record_texts(spec, ["Capital?", "Name a fruit."], ["France is a country.", ""],
+                                      ["Paris", "Apple"])
     assert prompts == [format_prompt("Capital?", "France is a country."), format_prompt("Name a fruit.")]
     assert responses == ["Paris", "Apple"]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from fedbiot_pl.data.partition import meta_partition
 from fedbiot_pl.data.sources import DataSource, check_source, load_source, source_client_keys
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
-from fedbiot_pl.data.partition import meta_partition
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared data sets are not at {SHARED}")
@@ -95,6 +95,7 @@ def test_full_gsm8k_with_the_llama2_tokenizer_three_iid_clients(cache: str) -> N
     assert [module.client_num_examples(c) for c in range(3)] == [2491, 2491, 2491]
     assert module.dropped == {"task": 0, "public": 0}
     example = module.client_dataloader(0).dataset[0]
-    assert example["input_ids"][0] == module.tokenizer.bos_token_id and example["input_ids"][-1] == module.tokenizer.eos_token_id
+    assert example["input_ids"][0] == module.tokenizer.bos_token_id
+    assert example["input_ids"][-1] == module.tokenizer.eos_token_id
     response = module.tokenizer.decode([t for t in example["labels"] if t != -100], skip_special_tokens=True)
     assert "The answer is" in response and "####" not in response and "<<" in response

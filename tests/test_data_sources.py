@@ -79,21 +79,29 @@ def test_detect_format(columns: list[str], expected: str | None) -> None:
 
 def test_record_spec_presets_and_overrides() -> None:
     dolly = record_spec(DataSource("x.jsonl"), ["instruction", "context", "response", "category"])
-    assert (dolly.format, dolly.fields) == ("dolly", {"input": "context", "instruction": "instruction", "output": "response"})
+    assert (dolly.format, dolly.fields) == (
+        "dolly", {"input": "context", "instruction": "instruction", "output": "response"}
+    )
     no_input = record_spec(DataSource("x.jsonl", format="alpaca"), ["instruction", "output"])
     assert no_input.fields["input"] is None  # a preset's input column may be absent
-    mapped = record_spec(DataSource("x.jsonl", fields={"instruction": "prompt", "output": "completion"}), ["prompt", "completion"])
-    assert (mapped.format, mapped.fields) == ("alpaca", {"input": None, "instruction": "prompt", "output": "completion"})
+    mapped = record_spec(DataSource("x.jsonl", fields={"instruction": "prompt", "output": "completion"}),
+                         ["prompt", "completion"])
+    assert (mapped.format, mapped.fields) == (
+        "alpaca", {"input": None, "instruction": "prompt", "output": "completion"}
+    )
 
 
 def test_record_spec_errors_name_the_columns_and_the_fix() -> None:
-    with pytest.raises(ValueError, match=r"x\.jsonl: cannot tell its format from its columns \['a', 'b'\]; set `format`"):
+    with pytest.raises(ValueError,
+                       match=r"x\.jsonl: cannot tell its format from its columns \['a', 'b'\]; set `format`"):
         record_spec(DataSource("x.jsonl"), ["a", "b"])
-    with pytest.raises(ValueError, match=r"no column 'answer' for the 'output' field .*set `fields: \{output: <column>\}`"):
+    with pytest.raises(ValueError,
+                       match=r"no column 'answer' for the 'output' field .*set `fields: \{output: <column>\}`"):
         record_spec(DataSource("x.jsonl", format="gsm8k"), ["question", "solution"])
     with pytest.raises(ValueError, match=r"no column 'ctx' for the 'input' field"):
         record_spec(DataSource("x.jsonl", format="alpaca", fields={"input": "ctx"}), ["instruction", "output"])
-    with pytest.raises(ValueError, match="strip_calculator_annotations applies to GSM8K data only, but it reads as alpaca"):
+    with pytest.raises(ValueError,
+                       match="strip_calculator_annotations applies to GSM8K data only, but it reads as alpaca"):
         record_spec(DataSource("x.jsonl", strip_calculator_annotations=True), ["instruction", "output"])
 
 
@@ -146,7 +154,9 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         load_source(DataSource(str(tmp_path / "nope.jsonl")))
 
 
-@pytest.mark.parametrize(("name", "content"), [("empty.jsonl", b""), ("blank.json", b"  \n\n"), ("empty.jsonl.gz", None)])
+@pytest.mark.parametrize(
+    ("name", "content"), [("empty.jsonl", b""), ("blank.json", b"  \n\n"), ("empty.jsonl.gz", None)]
+)
 def test_empty_file_is_named(tmp_path: Path, name: str, content: bytes | None) -> None:
     path = tmp_path / name
     if content is None:
@@ -167,7 +177,8 @@ def test_empty_json_list_holds_no_records(tmp_path: Path) -> None:
 def test_invalid_json_names_the_row(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 3 is not valid JSON \(.*\); each line must hold one JSON object"):
+    with pytest.raises(ValueError,
+                       match=r"bad\.jsonl: row 3 is not valid JSON \(.*\); each line must hold one JSON object"):
         load_source(DataSource(str(path)), str(tmp_path / "cache"))
 
 
@@ -192,7 +203,8 @@ def test_corrupt_file_is_named(tmp_path: Path, name: str) -> None:
     [
         ({"question": "Q?"}, r"row 2 has no 'answer' \(missing or null\), which holds the output"),
         ({"question": "Q?", "answer": None}, r"row 2 has no 'answer' \(missing or null\)"),
-        ({"question": "  ", "answer": "#### 1"}, r"row 2 field 'question' \(instruction\) is empty; give it text, remove the row, or set drop_empty: true"),
+        ({"question": "  ", "answer": "#### 1"},
+         r"row 2 field 'question' \(instruction\) is empty; give it text, remove the row, or set drop_empty: true"),
         ({"question": "Q?", "answer": 72}, r"row 2 field 'answer' is an int, not a string; store it as a JSON string"),
     ],
 )
@@ -239,7 +251,8 @@ def test_client_keys_from_a_column_or_derived_from_the_instruction(tmp_path: Pat
 
 @pytest.mark.parametrize("bad_key", [None, "", True])
 def test_unusable_key_value_names_the_row(tmp_path: Path, bad_key: Any) -> None:
-    rows_in = [{"instruction": "A", "output": "B", "category": "x"}, {"instruction": "C", "output": "D", "category": bad_key}]
+    rows_in = [{"instruction": "A", "output": "B", "category": "x"},
+               {"instruction": "C", "output": "D", "category": bad_key}]
     source, rows = _load(_jsonl(tmp_path / "keys.jsonl", rows_in), tmp_path)
     spec = check_source(source, rows)
     with pytest.raises(ValueError, match=r"keys\.jsonl: row 2 has no usable partition key 'category'"):

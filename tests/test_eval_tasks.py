@@ -115,7 +115,7 @@ def test_a_registered_task_is_scored_through_generation_and_the_score_command(to
         EvaluationSettings(task="toy-exact")
     # the score command's path: a predictions file with the gold field, then one matched to references
     with_gold = write_jsonl(tmp_path / "gold.jsonl",
-                            [{"prediction": p, "a": r["a"]} for p, r in zip(PREDICTIONS, ROWS)])
+                            [{"prediction": p, "a": r["a"]} for p, r in zip(PREDICTIONS, ROWS, strict=True)])
     assert score_main(["--task", "toy-exact", "--predictions", str(with_gold), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"task": "toy-exact", "samples": 3,
                                                    "exact_match": pytest.approx(2 / 3)}
@@ -148,7 +148,7 @@ def test_a_registered_task_runs_through_evaluate_split(toy):
     assert [r["prompt"] for r in records] == ["Q: Capital of France?\nA:", "Q: 2+2?\nA:"]
     assert all(r["completions"] == [toy.clean(r["raw"][0])] for r in records)
     expected = sum(float(normalize_answer(r["completions"][0]) == normalize_answer(row["a"]))
-                   for r, row in zip(records, ROWS)) / 2
+                   for r, row in zip(records, ROWS, strict=True)) / 2
     assert result.metrics["adapemu"]["exact_match"] == pytest.approx(expected)
 
 

@@ -6,8 +6,8 @@ import torch
 from peft import AutoPeftModelForCausalLM
 
 from fedbiot_pl import ModelViews
-from fedbiot_pl.assets import DEFAULT_MODEL, resolve
 from fedbiot_pl.artifacts.export import export_adapters
+from fedbiot_pl.assets import DEFAULT_MODEL, resolve
 
 
 def test_exported_adapfu_loads_with_auto_peft_and_matches_adapfu_logits(tmp_path):

@@ -7,8 +7,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fedbiot_pl.algorithms import FedBiOT
 from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import EmulatorAlignmentModule
 from tests.toy_data import ToyFederatedData
 
 # stories260K: q_proj 64->64 and v_proj 64->32 (4 KV heads x 8), r = 8
@@ -138,9 +138,11 @@ def test_loop_needs_client_data_and_no_max_steps(tmp_path):
         server_trainer(tmp_path, loop, max_steps=10).fit(make_module(), datamodule=PublicOnly())
     assert "PublicOnly lacks" in str(info.value) and "set trainer.max_steps to -1 (got 10)" in str(info.value)
     with pytest.raises(ValueError, match="the public data has 16 batches, fewer than align_steps x"):
-        server_trainer(tmp_path, FederatedLoop(rounds=1, align_steps=17)).fit(make_module(), datamodule=ToyFederatedData(vocab=512))
+        server_trainer(tmp_path, FederatedLoop(rounds=1, align_steps=17)).fit(
+            make_module(), datamodule=ToyFederatedData(vocab=512))
     with pytest.raises(ValueError, match="clients_per_round=5 must be between 1 and num_clients=3"):
-        server_trainer(tmp_path, FederatedLoop(rounds=1, clients_per_round=5)).fit(make_module(), datamodule=ToyFederatedData(vocab=512))
+        server_trainer(tmp_path, FederatedLoop(rounds=1, clients_per_round=5)).fit(
+            make_module(), datamodule=ToyFederatedData(vocab=512))
 
 
 def test_periodic_evaluation_runs_every_n_rounds(tmp_path):

@@ -2,13 +2,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from fedbiot_pl.artifacts.run_artifacts import load_run_lora
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.evaluation.prompts import GSM8K_DEMOS, clean_code, code_prompt, gsm8k_prompt, strip_chat_tail
 from fedbiot_pl.evaluation.generation import build_prompts, generate, read_eval_records
+from fedbiot_pl.evaluation.prompts import GSM8K_DEMOS, clean_code, code_prompt, gsm8k_prompt, strip_chat_tail
+from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules import GenerationModule, GenerationSettings
 from fedbiot_pl.modules.generation_module import left_padded_batches
-from fedbiot_pl.artifacts.run_artifacts import load_run_lora
-from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 
 
@@ -113,8 +113,8 @@ def test_run_lora_round_trip_from_export_and_errors(tmp_path, stories):
 def test_choice_logliks_equal_a_hand_sum_and_mc_accuracy(tmp_path, stories):
     import json
 
-    from fedbiot_pl.evaluation.generation import choice_logliks, evaluate_split
     from fedbiot_pl.data.tokenization import encode_prompt
+    from fedbiot_pl.evaluation.generation import choice_logliks, evaluate_split
 
     split, tokenizer = stories
     split.eval()

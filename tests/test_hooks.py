@@ -59,7 +59,8 @@ def test_attach_detach_and_an_unknown_point():
     hooks.fire("align_step", epoch=1, step=3)
     assert calls == [{"epoch": 1, "step": 2}] and not hooks.attached("align_step")
 
-    keep, replace = hooks.attach("upload", lambda value, **_: None), hooks.attach("upload", lambda value, **_: value + b"!")
+    keep = hooks.attach("upload", lambda value, **_: None)
+    replace = hooks.attach("upload", lambda value, **_: value + b"!")
     try:
         assert hooks.transform("upload", b"bytes", round=0) == b"bytes!"  # None keeps the value, a result replaces it
     finally:
@@ -113,14 +114,16 @@ def test_client_step_nan_or_inf_fills_the_adapter_lora_of_the_module(faults, act
     filled = torch.isnan if action == "nan" else torch.isposinf
     assert all(filled(param).all() for param in adapter.values())
     # the module is no part of the message
-    with pytest.raises(InjectedFault, match=re.escape("client_step {'round': 0, 'client': 1, 'attempt': 0, 'step': 5}")):
+    with pytest.raises(InjectedFault,
+                       match=re.escape("client_step {'round': 0, 'client': 1, 'attempt': 0, 'step': 5}")):
         hooks.fire("client_step", round=0, client=1, attempt=0, step=5, module=module)
 
 
 @pytest.mark.parametrize("action", CORRUPTIONS)
 def test_upload_corruptions_damage_the_encoded_update_and_keep_its_header(faults, action):
     payload = LoRAState(STATE).encode()
-    faults([{"point": "upload", "round": 1, "client": 0, "action": action, **({"factor": 10} if action == "scale" else {})}])
+    faults([{"point": "upload", "round": 1, "client": 0, "action": action,
+             **({"factor": 10} if action == "scale" else {})}])
     assert hooks.transform("upload", payload, round=1, client=1, attempt=0) is payload  # another client
     damaged = hooks.transform("upload", payload, round=1, client=0, attempt=0)
     expected = corrupt_update(STATE, {"action": action, "factor": 10})
@@ -138,7 +141,8 @@ def test_upload_corruptions_damage_the_encoded_update_and_keep_its_header(faults
 def test_injected_faults_detach_even_when_the_block_crashes(tmp_path):
     target = tmp_path / "metrics.csv"
     target.write_text("old\n")
-    with pytest.raises(InjectedCrash), injected_faults({"point": "file_write", "name": "metrics.csv", "action": "crash"}):
+    crash = {"point": "file_write", "name": "metrics.csv", "action": "crash"}
+    with pytest.raises(InjectedCrash), injected_faults(crash):
         atomic_write(tmp_path / "other.csv", lambda tmp: Path(tmp).write_text("x"))  # another name: written
         atomic_write(target, lambda tmp: Path(tmp).write_text("new\n"))
     assert_nothing_attached()
@@ -169,8 +173,8 @@ def test_production_code_neither_imports_the_testing_module_nor_names_the_fault_
 def test_importing_production_modules_loads_no_testing_module_even_with_the_fault_variable_set():
     code = ("import fedbiot_pl.cli, fedbiot_pl.callbacks, fedbiot_pl.federation, sys; "
             "print([m for m in sys.modules if m.startswith('fedbiot_pl.testing')])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300, cwd=ROOT,
-                            env={**os.environ, ENV: KILL_EVERYWHERE})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300,
+                            cwd=ROOT, env={**os.environ, ENV: KILL_EVERYWHERE})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
 

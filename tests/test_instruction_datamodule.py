@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.data.sources import DataSource
-from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.data.prompts import format_prompt, gsm8k_to_instruction
+from fedbiot_pl.data.sources import DataSource
 from fedbiot_pl.data.tokenization import IGNORE_INDEX
+from fedbiot_pl.datamodules import FederatedInstructionDataModule
 
 EOS = 2
 
@@ -183,7 +183,8 @@ def test_truncated_examples_are_dropped_counted_and_logged(
         tmp_path / "public.jsonl",
         [{"instruction": "Say hi.", "output": "Hi."}, {"instruction": "Echo.", "input": "abc", "output": "abc"}],
     )
-    module = FederatedInstructionDataModule(task_path=task, public_path=public, num_clients=2, max_length=300, cache_dir=cache)
+    module = FederatedInstructionDataModule(task_path=task, public_path=public, num_clients=2, max_length=300,
+                                            cache_dir=cache)
     with caplog.at_level(logging.INFO, logger="fedbiot_pl.datamodules.instruction_datamodule"):
         module.setup()
     assert module.dropped == {"task": 1, "public": 0}
@@ -204,8 +205,10 @@ def test_drop_empty_skips_and_counts_empty_rows(tmp_path: Path, cache: str) -> N
 def test_client_emptied_by_truncation_is_named_with_the_fix(tmp_path: Path, cache: str) -> None:
     long_row = {"question": "Why? " * 200, "answer": "#### 1"}
     task = _write_jsonl(tmp_path / "task.jsonl", [_task_row(1), long_row])
-    module = FederatedInstructionDataModule(task_path=task, num_clients=2, max_length=300, max_public_examples=5, cache_dir=cache)
-    expected = r"Client \d is left with 0 training example\(s\) \(min_client_size=1\): 1 of its 1 rows of .*task\.jsonl " \
+    module = FederatedInstructionDataModule(task_path=task, num_clients=2, max_length=300, max_public_examples=5,
+                                            cache_dir=cache)
+    expected = r"Client \d is left with 0 training example\(s\) \(min_client_size=1\): " \
+               r"1 of its 1 rows of .*task\.jsonl " \
                r"have responses cut away by max_length=300 \(or empty, with drop_empty\)\. Raise max_length"
     with pytest.raises(ValueError, match=expected):
         module.setup()
@@ -222,13 +225,16 @@ def _setup_error(no_tokenizer: None, **kwargs: object) -> str:
 def test_missing_field_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) -> None:
     task = _write_jsonl(tmp_path / "bad.jsonl", [_task_row(1), {"question": "Q?"}, _task_row(3)])
     message = _setup_error(no_tokenizer, task_path=task)
-    assert re.search(r"bad\.jsonl: row 2 has no 'answer' \(missing or null\), which holds the output; give every row", message)
+    assert re.search(r"bad\.jsonl: row 2 has no 'answer' \(missing or null\), which holds the output; "
+                     r"give every row", message)
 
 
 def test_empty_value_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) -> None:
-    public = _write_jsonl(tmp_path / "public.jsonl", [{"instruction": "A", "output": "B"}, {"instruction": "C", "output": " "}])
+    public = _write_jsonl(tmp_path / "public.jsonl",
+                          [{"instruction": "A", "output": "B"}, {"instruction": "C", "output": " "}])
     message = _setup_error(no_tokenizer, public_path=public)
-    assert re.search(r"public\.jsonl: row 2 field 'output' \(output\) is empty; give it text, remove the row, or set drop_empty", message)
+    assert re.search(r"public\.jsonl: row 2 field 'output' \(output\) is empty; "
+                     r"give it text, remove the row, or set drop_empty", message)
 
 
 def test_non_string_value_names_file_row_and_fix(tmp_path: Path, no_tokenizer: None) -> None:
@@ -269,7 +275,8 @@ def test_key_that_does_not_exist_is_named(no_tokenizer: None) -> None:
 
 def test_meta_partition_without_a_key_says_how_to_set_one(no_tokenizer: None) -> None:
     message = _setup_error(no_tokenizer, partition="meta")
-    assert "partition='meta' needs a key, and format 'gsm8k' has none; set partition_key to one of its columns" in message
+    assert ("partition='meta' needs a key, and format 'gsm8k' has none; set partition_key to one of its columns"
+            in message)
 
 
 def test_dirichlet_min_client_size_failure_names_the_client(no_tokenizer: None) -> None:
@@ -299,7 +306,9 @@ def test_dolly_one_category_per_client(cache: str) -> None:
     module = _module(cache, task=DOLLY, num_clients=8, partition="meta")  # key: the format's `category`
     table = module.partition_report
     assert table is not None and table.key == "category" and table.values == DOLLY_CATEGORIES
-    assert [row.counts for row in table.rows] == [{c: 25 if c == own else 0 for c in DOLLY_CATEGORIES} for own in DOLLY_CATEGORIES]
+    assert [row.counts for row in table.rows] == [
+        {c: 25 if c == own else 0 for c in DOLLY_CATEGORIES} for own in DOLLY_CATEGORIES
+    ]
     assert [module.client_num_examples(c) for c in range(8)] == [25] * 8
 
 

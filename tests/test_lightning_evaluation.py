@@ -14,20 +14,19 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from fedbiot_pl.artifacts.run_artifacts import load_run_lora
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.cli import DEFAULT_CONFIG, main
+from fedbiot_pl.cli import DEFAULT_CONFIG, config_views, main, read_config
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluate import main as evaluate
-from fedbiot_pl.cli import config_views, read_config
 from fedbiot_pl.evaluate import run_views
 from fedbiot_pl.evaluation.generation import evaluate_split, read_eval_records
-from fedbiot_pl.evaluation.settings import EvaluationSettings
 from fedbiot_pl.evaluation.metrics import rouge_l
-from fedbiot_pl.modules import EmulatorAlignmentModule, GenerationSettings
-from fedbiot_pl.artifacts.run_artifacts import load_run_lora
+from fedbiot_pl.evaluation.settings import EvaluationSettings
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import EmulatorAlignmentModule, GenerationSettings
 from tests.toy_data import ToyFederatedData, counting_batch
 
 DOLLY = "embedded:data/dolly/dolly_sample.jsonl"
@@ -54,7 +53,8 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fit")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    main(["fit", *cli_args(folder, "--federated.rounds", "1", "--federated.pre_alignment_rounds", "1", "--federated.local_steps", "1",
+    main(["fit", *cli_args(folder, "--federated.rounds", "1", "--federated.pre_alignment_rounds", "1",
+                           "--federated.local_steps", "1",
                            "--federated.align_steps", "1")])
     torch.set_num_threads(threads)
     run = folder / "fedbiot" / "version_0"
@@ -115,9 +115,11 @@ def test_fit_validates_after_every_round_without_changing_the_training(run, tmp_
     split, data = loaded_split(run_dir, ckpt), FederatedInstructionDataModule(max_task_examples=15,
                                                                               max_length=512, val_fraction=0.2)
     data.setup("validate")
-    assert float(rows[-1]["val/adapemu_loss"]) == pytest.approx(hand_ce(split.compressed, data.val_dataloader()), rel=1e-6)
+    expected = hand_ce(split.compressed, data.val_dataloader())
+    assert float(rows[-1]["val/adapemu_loss"]) == pytest.approx(expected, rel=1e-6)
     # the same fit without validation ends with the same adapter, bit for bit
-    main(["fit", *cli_args(tmp_path, "--federated.rounds", "1", "--federated.pre_alignment_rounds", "1", "--federated.local_steps", "1",
+    main(["fit", *cli_args(tmp_path, "--federated.rounds", "1", "--federated.pre_alignment_rounds", "1",
+                           "--federated.local_steps", "1",
                            "--federated.align_steps", "1", "--trainer.limit_val_batches", "0")])
     without = load_run_lora(tmp_path / "fedbiot" / "version_0" / "checkpoints" / "last.ckpt")
     with_validation = load_run_lora(ckpt)
@@ -145,7 +147,7 @@ def test_test_subcommand_gives_the_numbers_of_train_py_evaluate(run, tmp_path):
         ours = read_jsonl(f"{cli.trainer.log_dir}/test-dolly-{variant}.predictions.jsonl")
         theirs = read_jsonl(run_dir / "eval" / f"dolly-{variant}.predictions.jsonl")
         assert ours == theirs and len(ours) == 4  # the same sampled completions
-        by_hand = sum(rouge_l(p["completions"][0], ref) for p, ref in zip(ours, references)) / 4
+        by_hand = sum(rouge_l(p["completions"][0], ref) for p, ref in zip(ours, references, strict=True)) / 4
         assert logged[f"test/dolly/{variant}/rougeL"] == pytest.approx(by_hand, rel=1e-12)
 
 
@@ -177,18 +179,21 @@ def test_trainer_test_with_a_round_checkpoint_from_python(run, tmp_path, task):
     tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:models/stories260K"))
     expected = evaluate_split(loaded_split(run_dir, ckpt), tokenizer, task, data.eval_rows, shots=1, batch_size=2,
                               settings=generation, seed=5, ks=settings.k)
-    assert logged == {f"test/{task}/{v}/{name}": value for v, m in expected.metrics.items() for name, value in m.items()}
+    assert logged == {f"test/{task}/{v}/{name}": value
+                      for v, m in expected.metrics.items() for name, value in m.items()}
     for variant in ("adapfu", "adapemu"):
         got = read_jsonl(f"{trainer.log_dir}/test-{task}-{variant}.predictions.jsonl")
         assert got == expected.predictions[variant] and len(got) == len(data.eval_rows)
     if task == "mc":  # the story model prefers the fluent choice: right twice, wrong on the third row
-        assert logged == {"test/mc/adapfu/accuracy": pytest.approx(2 / 3), "test/mc/adapemu/accuracy": pytest.approx(2 / 3)}
+        assert logged == {"test/mc/adapfu/accuracy": pytest.approx(2 / 3),
+                          "test/mc/adapemu/accuracy": pytest.approx(2 / 3)}
 
 
 def test_a_checkpoint_of_another_split_is_refused(run, tmp_path):
     run_dir, ckpt = run
     other = EmulatorAlignmentModule(
-        config_views(read_config([run_dir / "config.yaml"], ["--model.split.init_args.lora_targets=[q_proj]"])), kl_weight=1.0)
+        config_views(read_config([run_dir / "config.yaml"], ["--model.split.init_args.lora_targets=[q_proj]"])),
+        kl_weight=1.0)
     data = FederatedInstructionDataModule(evaluation=EvaluationSettings(limit=1))
     trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
                         enable_model_summary=False)

@@ -128,7 +128,7 @@ def test_multiple_choice_rejects_bad_answers() -> None:
 
 def test_pass_at_k_executes_and_estimates() -> None:
     metric = PassAtK(["t/add", "t/neg", "t/unused"], k=(1, 2, 3), limits=Limits(timeout_s=5), workers=2)
-    task_ids, completions = zip(*SAMPLES)
+    task_ids, completions = zip(*SAMPLES, strict=True)
     metric.update(list(task_ids), list(completions), PROBLEMS)
     assert metric.num_samples.tolist() == [3, 2, 0] and metric.num_correct.tolist() == [2, 1, 0]
     assert [r.status for r in metric.last_results] == ["passed", "failed", "passed", "failed", "passed"]
@@ -176,7 +176,7 @@ def test_merged_states_equal_one_update() -> None:
     merged_equals_single(TokenF1, (["a cat sat", "dog"], ["cat", "cow"]), (["x y"], ["x"]))
     merged_equals_single(RougeL, (["a b c d"], ["a c b d"]), (["x y", "z"], ["x", "z"]))
     merged_equals_single(MultipleChoiceAccuracy, (torch.tensor([[0.0, 1.0]]), [1]), ([[2.0, 1.0, 0.0]], [2]))
-    task_ids, completions = zip(*SAMPLES)
+    task_ids, completions = zip(*SAMPLES, strict=True)
     merged_equals_single(
         lambda: PassAtK(list(PROBLEMS), k=(1, 2), workers=2),
         (list(task_ids[:2]), list(completions[:2]), PROBLEMS),

@@ -4,8 +4,8 @@ import lightning as L
 import torch
 
 from fedbiot_pl.model.losses import kl_teacher_student, normalized_l2
-from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 
@@ -87,8 +87,10 @@ def test_alignment_fit_changes_only_the_emulator_lora():
     randomize_lora(split)  # B != 0 everywhere so that every LoRA tensor gets a gradient
     before = snapshot(split)
     lean_trainer(3).fit(EmulatorAlignmentModule(split, kl_weight=1.0, lr=1e-2), ToyFederatedData().train_dataloader())
-    assert changed(before, split) == {n for n, _ in split.named_parameters() if n.startswith("compressed.") and "lora_" in n
-                                      and any(f".layers.{i}." in n for i in (0, 1))}
+    assert changed(before, split) == {
+        n for n, _ in split.named_parameters()
+        if n.startswith("compressed.") and "lora_" in n and any(f".layers.{i}." in n for i in (0, 1))
+    }
 
 
 def test_client_fit_changes_only_the_adapter_lora():

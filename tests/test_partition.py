@@ -47,7 +47,9 @@ def test_rejects_fewer_than_one_client(num_clients: int) -> None:
 
 
 def test_rejects_more_clients_than_items() -> None:
-    with pytest.raises(ValueError, match=r"num_clients=4 clients .* num_items=3 items \(client 3 would get none\); use num_clients <= 3"):
+    with pytest.raises(ValueError,
+                       match=r"num_clients=4 clients .* num_items=3 items \(client 3 would get none\); "
+                             r"use num_clients <= 3"):
         iid_partition(3, 4, seed=0)
 
 
@@ -106,7 +108,9 @@ def test_meta_partition_fewer_clients_drops_no_category_b9_regression() -> None:
 
 
 def test_meta_partition_more_clients_than_values_names_the_fix() -> None:
-    with pytest.raises(ValueError, match=r"has 2 values \(a, b\) but num_clients=3, so client 2 would get no value; use num_clients <= 2"):
+    with pytest.raises(ValueError,
+                       match=r"has 2 values \(a, b\) but num_clients=3, so client 2 would get no value; "
+                             r"use num_clients <= 2"):
         meta_partition(["a", "b", "a"], 3)
 
 

@@ -174,7 +174,8 @@ def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.
     # FedAvg-LoRA: r=8 q/v LoRA on all 32 layers, the client holds (and adapts) the full model
     fedavg = plans["fedavg_lora"]
     assert fedavg["params"]["compressed"] == full and fedavg["trainable"]["client"] == 32 * 131_072 == 4_194_304
-    assert fedavg["per_client_per_round"]["download_params"] == fedavg["per_client_per_round"]["upload_params"] == 4_194_304
+    per_client = fedavg["per_client_per_round"]
+    assert per_client["download_params"] == per_client["upload_params"] == 4_194_304
     assert round(100 * (1 - 4_194_304 / full), 2) == 99.94
     # FedBiOT beta=0.2, adapter 2: 26-layer compressed model; emulator + adapter LoRA down, adapter LoRA up
     fedbiot = plans["fedbiot"]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from tests.conftest import tiny_llama
 
 SPLIT = {"adapter_layers": 2, "drop_rate": 0.5, "lora_dropout": 0.0}
@@ -136,5 +136,5 @@ def test_sdpa_and_eager_attention_give_the_same_logits(tiny_folder, batch):
         assert split.full.config._attn_implementation == kernel
         with torch.no_grad():
             logits[kernel] = (split.compressed(**inputs).logits[mask], split.full_with_adapter(**inputs).logits[mask])
-    for sdpa, eager in zip(logits["sdpa"], logits["eager"]):
+    for sdpa, eager in zip(logits["sdpa"], logits["eager"], strict=True):
         torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)

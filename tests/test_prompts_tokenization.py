@@ -191,7 +191,9 @@ def test_strip_calculator_annotations() -> None:
 
 def test_gsm8k_can_drop_annotations() -> None:
     answer = "In May she sold 48/2 = <<48/2=24>>24 clips.\n#### 72"
-    assert gsm8k_to_instruction("Q?", answer, strip_annotations=True) == ("Q?", "In May she sold 48/2 = 24 clips.\nThe answer is 72")
+    assert gsm8k_to_instruction("Q?", answer, strip_annotations=True) == (
+        "Q?", "In May she sold 48/2 = 24 clips.\nThe answer is 72"
+    )
 
 
 def test_strip_no_break_spaces() -> None:

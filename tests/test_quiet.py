@@ -7,9 +7,9 @@ import pytest
 from datasets.utils import logging as datasets_logging
 from transformers.utils import logging as transformers_logging
 
+from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules import AdapterFinetuneModule
 from fedbiot_pl.quiet import EVAL_MODE_WARNING, expected_warnings, no_library_progress_bars
-from fedbiot_pl.model.views import ModelViews
 from tests.conftest import tiny_llama
 from tests.toy_data import ToyFederatedData
 

@@ -13,14 +13,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.artifacts.checkpoint_io import AtomicCheckpointIO
 from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger, resume_version
-from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
 from fedbiot_pl.artifacts.export import atomic_write
-from fedbiot_pl.testing.faults import InjectedCrash
-from fedbiot_pl.modules import EmulatorAlignmentModule
+from fedbiot_pl.callbacks import FederatedLoop
+from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import EmulatorAlignmentModule
+from fedbiot_pl.testing.faults import InjectedCrash
 from tests.toy_data import ToyFederatedData
 
 

@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.cli import DEFAULT_CONFIG, main
-from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.artifacts.resume_settings import (
     NOT_USED,
     SETTINGS_KEY,
@@ -20,13 +17,17 @@ from fedbiot_pl.artifacts.resume_settings import (
     run_settings,
     settings_differences,
 )
+from fedbiot_pl.callbacks import FederatedLoop
+from fedbiot_pl.cli import DEFAULT_CONFIG, main
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.views import ModelViews
 
 STORIES = "embedded:models/stories260K"
 
 
 def test_run_settings_name_what_the_checkpoint_depends_on():
-    split = ModelViews(STORIES, adapter_layers=2, drop_rate=0.2, lora_r=4, lora_alpha=8, lora_targets=["v_proj", "q_proj"],
+    split = ModelViews(STORIES, adapter_layers=2, drop_rate=0.2, lora_r=4, lora_alpha=8,
+                       lora_targets=["v_proj", "q_proj"],
                        lora_dropout=0.3, dtype="bfloat16")  # dropout and dtype may change on resume: not listed
     assert run_settings(split, FederatedLoop(pre_alignment_rounds=2, rounds=7, local_steps=3)) == {
         "federated.algorithm": "fedbiot", "federated.pre_alignment_rounds": 2, "model.split.model": STORIES,
@@ -73,7 +74,8 @@ def test_mismatch_message_names_both_values_and_the_arguments_that_resume():
 def test_check_refuses_differences_and_lets_old_checkpoints_through_with_a_warning(caplog):
     settings = {"model.split.lora_r": 8, "federated.pre_alignment_rounds": 1}
     check_resume_settings({SETTINGS_KEY: settings}, dict(settings), "a.ckpt")
-    with pytest.raises(SettingsMismatchError, match="federated.pre_alignment_rounds: checkpoint 1, this run 2") as error:
+    with pytest.raises(SettingsMismatchError,
+                       match="federated.pre_alignment_rounds: checkpoint 1, this run 2") as error:
         check_resume_settings({SETTINGS_KEY: settings}, {**settings, "federated.pre_alignment_rounds": 2}, "a.ckpt")
     assert isinstance(error.value, ConfigError)
     with caplog.at_level(logging.WARNING):
@@ -119,7 +121,8 @@ def test_cli_resume_with_another_split_is_refused_and_with_more_rounds_continues
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and "parameter group" not in err
     assert f"Cannot resume from {run / 'checkpoints' / 'last.ckpt'}: it was written with other settings" in err
-    assert "model.split.adapter_layers: checkpoint 2, this run 1\n  model.split.lora_r: checkpoint 8, this run 4\n" in err
+    assert ("model.split.adapter_layers: checkpoint 2, this run 1\n"
+            "  model.split.lora_r: checkpoint 8, this run 4\n") in err
     assert "(--model.split.adapter_layers 2 --model.split.lora_r 8)" in err
     # refused before anything was written: the run's config and checkpoints are as they were
     assert (run / "config.yaml").read_text() == config and sorted(os.listdir(run / "checkpoints")) == files
@@ -143,8 +146,8 @@ def test_a_local_model_is_recorded_by_its_real_path(tmp_path, monkeypatch):
 
 
 def test_other_data_settings_only_warn_naming_each(caplog):
-    from fedbiot_pl.datamodules import FederatedInstructionDataModule
     from fedbiot_pl.artifacts.resume_settings import DATA_KEY, data_settings, warn_data_differences
+    from fedbiot_pl.datamodules import FederatedInstructionDataModule
 
     before = data_settings(FederatedInstructionDataModule(num_clients=3, val_fraction=0.0, seed=1))
     assert before == {"data.num_clients": 3, "data.partition": "iid", "data.partition_key": None,

@@ -9,10 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.scaling.deepspeed import LORA_CHECKPOINT_KEY, client_phase, deepspeed_config, zero3_loading_config
-from fedbiot_pl.scaling.checks import INSTALL_HINT, check_scaling, deepspeed_available, scaling_issues, uses_deepspeed
 from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import EmulatorAlignmentModule
+from fedbiot_pl.scaling.checks import INSTALL_HINT, check_scaling, deepspeed_available, scaling_issues, uses_deepspeed
+from fedbiot_pl.scaling.deepspeed import LORA_CHECKPOINT_KEY, client_phase, deepspeed_config, zero3_loading_config
 from tests.conftest import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ from tests.conftest import padded_batch
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not deepspeed_available(), reason="DeepSpeed is not installed (pip install 'fedbiot-pl[deepspeed]')"),
+    pytest.mark.skipif(not deepspeed_available(),
+                       reason="DeepSpeed is not installed (pip install 'fedbiot-pl[deepspeed]')"),
 ]
 
 MODEL = "embedded:models/stories260K"
@@ -34,11 +35,11 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
 def _split(zero3_config=None):
     from transformers.integrations import HfDeepSpeedConfig
 
+    from fedbiot_pl.model.views import ModelViews
     from fedbiot_pl.scaling.deepspeed import zero3_loading_config
-    from fedbiot_pl.model.views import SplitModel
 
     keep = HfDeepSpeedConfig(zero3_loading_config(zero3_config, torch.bfloat16)) if zero3_config else None
-    split = SplitModel(MODEL, **SPLIT).build()
+    split = ModelViews(MODEL, **SPLIT).build()
     del keep
     torch.manual_seed(0)
     with torch.no_grad():  # the same non-zero LoRA on every rank and in both models
@@ -47,23 +48,49 @@ def _split(zero3_config=None):
     return split
 
 
-def _fit_clients(split, clients, round_batches):
-    from torch.utils.data import DataLoader
+class _RoundData:
+    """The round's client data: fixed batches per client, FedAvg weight ``client + 1``."""
 
-    from fedbiot_pl.federation.placement import Upload
-    from fedbiot_pl.federation.client_trainer import build_client_trainer, client_fit_context
-    from fedbiot_pl.modules import AdapterFinetuneModule
+    def __init__(self, batches: dict[int, list[dict[str, torch.Tensor]]]) -> None:
+        self.batches, self.num_clients = batches, len(batches)
 
-    client = AdapterFinetuneModule(split, log_steps=False, lr=1e-2, proximal_weight=1.0)
-    start = split.lora_state("adapter")
-    uploads = {}
-    for cid in clients:
-        split.load_lora_state(start)
-        with client_fit_context():
-            trainer = build_client_trainer(torch.device("cpu"), "32-true", 2, 1)
-            trainer.fit(client, train_dataloaders=DataLoader(round_batches[cid], batch_size=None))
-        uploads[cid] = Upload(split.lora_state("adapter"), float(cid + 1), client.mean_loss)
-    return uploads
+    def client_dataloader(self, client_id: int, round_idx: int):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(self.batches[client_id], batch_size=None)
+
+    def client_num_examples(self, client_id: int) -> int:
+        return client_id + 1
+
+
+class _LocalOnly:
+    """A transport that runs every client here and swaps nothing (the unsharded reference on each rank)."""
+
+    def exchange(self, clients, broadcast, client_fn):
+        return [client_fn(client, broadcast) for client in clients]
+
+
+def _run_round(split, round_batches, rank: int = 0, world_size: int = 1):
+    """Round 0 of FedBiOT on ``split`` through the production runner: this rank fits its share of the
+    clients, the replies are swapped between the ranks and every rank applies the same FedAvg
+    (``world_size=1``: all clients here, nothing swapped). Returns the round's client losses."""
+    from fedbiot_pl.algorithms import ClientOptim, resolve_algorithm
+    from fedbiot_pl.federation.client import ClientFitSettings, LocalClients
+    from fedbiot_pl.federation.ledger import CommLedger
+    from fedbiot_pl.federation.round import RoundRunner, RoundSettings
+    from fedbiot_pl.federation.transport import InProcessTransport
+
+    algorithm = resolve_algorithm("fedbiot")
+    data = _RoundData(round_batches)
+    module = algorithm.client_module(split, ClientOptim(lr=1e-2, proximal_weight=1.0))
+    clients = LocalClients(algorithm, split, module, data, ClientFitSettings(2, 1), "cpu", "32-true", seed=0,
+                           world_size=world_size)
+    ledger = CommLedger()
+    transport = InProcessTransport(ledger, rank, world_size) if world_size > 1 else _LocalOnly()
+    runner = RoundRunner(algorithm, split, data, clients, RoundSettings(seed=0), ledger, transport)
+    result = runner.run_round(0)
+    assert result.entry["accepted"] == sorted(round_batches) and not result.entry["faults"], result.entry
+    return result.attempts[-1].losses
 
 
 def _worker(rank: int, port: int) -> None:
@@ -72,7 +99,6 @@ def _worker(rank: int, port: int) -> None:
     torch.set_num_threads(1)
     import deepspeed
 
-    from fedbiot_pl.federation.placement import average_uploads, clients_of_rank, gather_uploads
     from fedbiot_pl.modules import EmulatorAlignmentModule
     from fedbiot_pl.scaling.deepspeed import compressed_model_gathered, deepspeed_config, lora_gathered
 
@@ -127,9 +153,9 @@ def _worker(rank: int, port: int) -> None:
     for key, value in reference.lora_state("emulator").items():
         torch.testing.assert_close(emulator[key], value, atol=2e-3, rtol=1e-2)
 
-    # 2. A round's clients: rank r fits its share, alone; every rank averages the gathered uploads.
-    # Both models start from the sharded one's LoRA: the gathered compressed model is then bit for bit
-    # the unsharded one, and so are the fits.
+    # 2. A round's clients through the round runner: rank r fits its share, alone; the replies are swapped
+    # and every rank applies the same FedAvg. Both models start from the sharded one's LoRA: the gathered
+    # compressed model is then bit for bit the unsharded one, and so are the fits.
     with lora_gathered(sharded):
         reference.load_lora_state(sharded.lora_state("all"))
     clients = [0, 1, 2]
@@ -138,13 +164,10 @@ def _worker(rank: int, port: int) -> None:
     with compressed_model_gathered(engine, sharded):
         assert all(p.numel() > 0 for p in sharded.compressed.parameters())
         assert all(p.numel() == 0 for p in dropped)  # the dropped layers are never gathered
-        mine = clients_of_rank(clients, rank, WORLD)
-        uploads = gather_uploads(_fit_clients(sharded, mine, round_batches), clients)
-        average = average_uploads(uploads)
-        sharded.load_lora_state(average)
-    reference_uploads = _fit_clients(reference, clients, round_batches)
-    assert [u.loss for u in uploads] == [reference_uploads[c].loss for c in clients]
-    reference.load_lora_state(average_uploads([reference_uploads[c] for c in clients]))
+        losses = _run_round(sharded, round_batches, rank, WORLD)
+        average = sharded.lora_state("adapter")  # the round's FedAvg, applied
+    reference_losses = _run_round(reference, round_batches)
+    assert [losses[c] for c in clients] == [reference_losses[c] for c in clients]
     for key, value in reference.lora_state("adapter").items():
         torch.testing.assert_close(average[key], value, atol=0, rtol=0)
 

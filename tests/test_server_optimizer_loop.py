@@ -27,10 +27,13 @@ def test_server_sgd_with_lr_1_is_fedavg_bit_for_bit_and_fedadam_moves_elsewhere(
     moved = [k for k in fedavg if "layers.3." in k and not torch.equal(fedavg[k], adam[k])]
     assert moved  # the adapter took FedAdam's step, not the plain average
     state = loop.state_dict()["server_optimizer"]
-    assert state["steps"] == 2
+    assert state["name"] == "fedadam" and state["steps"] == 2  # one server step per round
+    assert state["state"] and all(set(slots) == {"m", "v"} for slots in state["state"].values())
     fresh = FederatedLoop(server_optimizer="fedadam")
     fresh.load_state_dict(loop.state_dict())
-    assert fresh.server_optimizer.state_dict().keys() == loop.server_optimizer.state_dict().keys()
+    resumed = fresh.server_optimizer.state_dict()
+    assert resumed["steps"] == 2 and resumed["keys"] == state["keys"]
+    assert all(torch.equal(resumed["state"][k]["v"], state["state"][k]["v"]) for k in state["state"])
 
 
 def test_the_cli_selects_a_server_optimizer_by_name_or_class_path(tmp_path):

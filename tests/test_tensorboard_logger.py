@@ -14,14 +14,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger
-from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
-from fedbiot_pl.testing.faults import InjectedCrash
 from fedbiot_pl.artifacts.logger_resume import continue_run
-from fedbiot_pl.modules import EmulatorAlignmentModule
-from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.artifacts.training_plot import read_metrics, training_series
+from fedbiot_pl.callbacks import FederatedLoop
+from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
+from fedbiot_pl.model.views import ModelViews
+from fedbiot_pl.modules import EmulatorAlignmentModule
+from fedbiot_pl.testing.faults import InjectedCrash
 from tests.toy_data import ToyFederatedData
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
@@ -67,7 +67,9 @@ def fit(folder, loggers, ckpt_path=None, align_steps=1):
 def scalars(log_dir, skip=("hp_metric",)):
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag not in skip}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag not in skip
+    }
 
 
 @pytest.fixture(scope="module")

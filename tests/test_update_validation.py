@@ -5,8 +5,8 @@ import torch
 
 from fedbiot_pl.federation.ledger import CommLedger
 from fedbiot_pl.federation.messages import decode_update, encode_update
-from fedbiot_pl.testing.faults import corrupt_update
 from fedbiot_pl.federation.validation import update_norm, update_problem
+from fedbiot_pl.testing.faults import corrupt_update
 
 REFERENCE = {"a.lora_A.weight": torch.zeros(2, 3), "a.lora_B.weight": torch.ones(4, 2)}
 
@@ -40,7 +40,9 @@ def test_every_kind_of_bad_update_is_named(action, reason):
 
 def test_norm_bound_and_several_problems_at_once():
     # B changes by 1e6 in 8 entries: norm sqrt(8) * 1e6
-    assert update_problem(shifted(0.0, 1e6), REFERENCE, max_norm=100.0) == "update norm 2.828e+06 exceeds max_update_norm=100"
+    assert update_problem(shifted(0.0, 1e6), REFERENCE, max_norm=100.0) == (
+        "update norm 2.828e+06 exceeds max_update_norm=100"
+    )
     both = {"a.lora_A.weight": torch.full((2, 3), float("nan")), "b.extra": torch.zeros(1)}
     assert update_problem(both, REFERENCE) == (
         "1 missing keys (a.lora_B.weight); 1 unexpected keys (b.extra); NaN/Inf values in 1 tensors (a.lora_A.weight)"

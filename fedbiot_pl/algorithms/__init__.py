@@ -23,6 +23,7 @@ from fedbiot_pl.algorithms.base import (
     register_algorithm,
     resolve_algorithm,
 )
+
 from fedbiot_pl.algorithms.fedbiot import FedBiOT  # isort: skip  (registration order = the order of `plan --compare`)
 from fedbiot_pl.algorithms.fedot import FedOT, OffsiteTuning  # isort: skip
 from fedbiot_pl.algorithms.fedavg import FedAvgLoRA, FedProx  # isort: skip

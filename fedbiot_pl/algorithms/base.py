@@ -141,8 +141,10 @@ def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
 
 
 def resolve_algorithm(value: str | Algorithm | type[Algorithm] | dict[str, Any]) -> Algorithm:
-    """The algorithm object that ``value`` names: a registered name (``fedbiot``), a dotted class
-    path (``my_package.MyAlgorithm``), a class, an instance, or ``{class_path, init_args}``.
+    """The algorithm object that ``value`` names.
+
+    ``value`` is a registered name (``fedbiot``), a dotted class path (``my_package.MyAlgorithm``), a
+    class, an instance, or ``{class_path, init_args}``.
 
     Raises:
         ConfigError: naming the value and the registered names.

@@ -10,9 +10,11 @@ from fedbiot_pl.model.layer_drop import LayerLayout
 
 @register_algorithm
 class FedBiOT(Algorithm):
-    """Emulator (uniform layer drop of the lower layers) + top adapter; the clients' proximal term is on
-    dW = s B A; after each round's FedAvg the server aligns the emulator for ``align_steps`` steps, so
-    both LoRA (emulator and adapter) go down every round."""
+    """Emulator (uniform layer drop of the lower layers) + top adapter.
+
+    The clients' proximal term is on dW = s B A; after each round's FedAvg the server aligns the emulator
+    for ``align_steps`` steps, so both LoRA (emulator and adapter) go down every round.
+    """
 
     name: ClassVar[str] = "fedbiot"
 

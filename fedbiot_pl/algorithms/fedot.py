@@ -10,8 +10,11 @@ from fedbiot_pl.model.layer_drop import LayerLayout
 
 @register_algorithm
 class FedOT(Algorithm):
-    """Bottom 2 + emulator + top 2 layers on the clients, both adapters trained, the emulator fixed
-    after the optional one-shot distillation (``pre_alignment_rounds``); no proximal term."""
+    """Bottom 2 + emulator + top 2 layers on the clients, both adapters trained.
+
+    The emulator is fixed after the optional one-shot distillation (``pre_alignment_rounds``); no
+    proximal term.
+    """
 
     name: ClassVar[str] = "fedot"
 

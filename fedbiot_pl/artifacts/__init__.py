@@ -1,1 +1,4 @@
-"""What a run writes and reads back: atomic files, checkpoints and their integrity, CSV logs, exported adapters, plots."""
+"""What a run writes and reads back.
+
+Atomic files, checkpoints and their integrity, CSV logs, exported adapters, plots.
+"""

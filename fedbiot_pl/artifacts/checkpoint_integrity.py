@@ -51,6 +51,7 @@ def checksum_path(path: str | Path) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The SHA-256 hex digest of the file at ``path``, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(1 << 20):
@@ -105,9 +106,11 @@ def checkpoint_problem(path: str | Path) -> str | None:
 
 
 def checkpoint_folders(trainer: Any) -> list[Path]:
-    """The folders the trainer's ``ModelCheckpoint`` callbacks write to, resolved as they resolve it at
-    setup: their ``dirpath``, else ``<save_dir>/<name>/<version>/checkpoints`` of the first logger,
-    else ``<default_root_dir>/checkpoints``."""
+    """The folders the trainer's ``ModelCheckpoint`` callbacks write to, resolved as they resolve it at setup.
+
+    Their ``dirpath``, else ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, else
+    ``<default_root_dir>/checkpoints``.
+    """
     folders: list[Path] = []
     for callback in trainer.checkpoint_callbacks:
         if getattr(callback, "dirpath", None) is not None:
@@ -128,12 +131,17 @@ def _progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
     return int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1))
 
 
-def newest_intact(folders: Iterable[Path], exclude: Iterable[Path] = ()) -> tuple[Path | None, int | None, dict[Path, str]]:
-    """The intact ``*.ckpt`` of ``folders`` furthest into training (epoch, then step; a round file
-    before ``last.ckpt`` on a tie), its epoch, and the problem of each damaged one met on the way.
+def newest_intact(
+    folders: Iterable[Path], exclude: Iterable[Path] = ()
+) -> tuple[Path | None, int | None, dict[Path, str]]:
+    """The intact ``*.ckpt`` of ``folders`` furthest into training, its epoch, and the problems met on the way.
+
+    Furthest into training: by epoch, then step (a round file before ``last.ckpt`` on a tie). The
+    problems are those of each damaged file met on the way.
 
     Ranked by the progress they record, not by modification time, which a copy between machines
-    resets. Files are checked from the newest down, so the older ones are not all hashed."""
+    resets. Files are checked from the newest down, so the older ones are not all hashed.
+    """
     skip = {Path(p).resolve() for p in exclude}
     ranked, problems, seen = [], {}, set()
     for path in sorted(p for folder in folders for p in Path(folder).glob("*.ckpt") if not p.name.startswith(".")):
@@ -158,8 +166,11 @@ def _listing(problems: dict[Path, str]) -> str:
 
 
 def local_checkpoint(ckpt_path: str | Path) -> Path | None:
-    """The local file that a checkpoint path names (``file://`` stripped); ``None`` for a remote
-    (fsspec) path and for the names Lightning resolves itself (``best``, ``hpc``, ``registry:...``)."""
+    """The local file that a checkpoint path names (``file://`` stripped).
+
+    ``None`` for a remote (fsspec) path and for the names Lightning resolves itself (``best``, ``hpc``,
+    ``registry:...``).
+    """
     text = str(ckpt_path)
     if text in LIGHTNING_CKPT_NAMES or text.startswith("registry") or ("://" in text and not text.startswith("file://")):
         return None
@@ -167,8 +178,9 @@ def local_checkpoint(ckpt_path: str | Path) -> Path | None:
 
 
 def resume_path(ckpt_path: str | Path | None, folders: list[Path]) -> str | Path | None:
-    """The checkpoint that fitting with ``ckpt_path`` should load (``folders``: the run's
-    checkpoint folders, where ``"last"`` is looked up).
+    """The checkpoint that fitting with ``ckpt_path`` should load.
+
+    ``folders`` are the run's checkpoint folders, where ``"last"`` is looked up.
 
     * ``None``, remote paths and Lightning's own names (``best``, ``hpc``, ``registry:...``) are
       returned unchanged.

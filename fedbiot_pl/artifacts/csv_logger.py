@@ -36,7 +36,9 @@ def resume_version(root_dir: str | Path, ckpt_path: str | Path | None) -> int | 
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
-        versions = sorted(int(m.group(1)) for p in root.glob("version_*") if p.is_dir() and (m := _VERSION.match(p.name)))
+        versions = sorted(
+            int(m.group(1)) for p in root.glob("version_*") if p.is_dir() and (m := _VERSION.match(p.name))
+        )
         saved = [v for v in versions if any((root / f"version_{v}" / "checkpoints").glob("*.ckpt"))]
         if saved and saved[-1] != versions[-1]:
             skipped = ", ".join(f"version_{v}" for v in versions if v > saved[-1])
@@ -57,9 +59,11 @@ def _epoch(row: dict[str, Any]) -> float | None:
 
 
 class RunMetricsWriter(ExperimentWriter):
-    """Keeps every metric row of the run and rewrites ``metrics.csv`` whole at each save, through a
-    temporary file and a rename. The rows a previous (killed) process left are kept aside until
-    :meth:`resume` says which of them the resumed run inherits."""
+    """Keeps every metric row of the run and rewrites ``metrics.csv`` whole at each save.
+
+    The file is written through a temporary file and a rename. The rows a previous (killed) process
+    left are kept aside until :meth:`resume` says which of them the resumed run inherits.
+    """
 
     def __init__(self, log_dir: str) -> None:
         self.previous_rows: list[dict[str, Any]] = []
@@ -76,7 +80,8 @@ class RunMetricsWriter(ExperimentWriter):
     @override
     def log_hparams(self, params: dict[str, Any]) -> None:
         self.hparams.update(params)
-        atomic_write(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), lambda tmp: save_hparams_to_yaml(tmp, self.hparams))
+        atomic_write(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE),
+                     lambda tmp: save_hparams_to_yaml(tmp, self.hparams))
 
     @override
     def save(self) -> None:
@@ -86,8 +91,10 @@ class RunMetricsWriter(ExperimentWriter):
             self._write()
 
     def resume(self, epoch: int) -> None:
-        """Take over the previous rows of epochs ``<= epoch`` (those a checkpoint of ``epoch`` has
-        seen), drop the later ones, and write the file."""
+        """Take over the previous rows of epochs ``<= epoch``, drop the later ones, and write the file.
+
+        The rows taken over are those a checkpoint of ``epoch`` has seen.
+        """
         kept = [row for row in self.previous_rows if (_epoch(row) is None or _epoch(row) <= epoch)]
         self.rows = kept + self.rows
         self.previous_rows = []
@@ -104,8 +111,9 @@ class RunMetricsWriter(ExperimentWriter):
 
 
 class AtomicCSVLogger(CSVLogger):
-    """Lightning's ``CSVLogger`` (same arguments, same ``metrics.csv`` and ``hparams.yaml``) with
-    every file written atomically, and resumable:
+    """Lightning's ``CSVLogger`` with every file written atomically, and resumable.
+
+    Same arguments, same ``metrics.csv`` and ``hparams.yaml`` as Lightning's. Resumable:
 
     * :func:`~fedbiot_pl.artifacts.logger_resume.continue_run` (called by the CLI before ``fit``, for CSV and
       TensorBoard loggers alike) picks the run folder that ``ckpt_path`` belongs to (see

@@ -1,5 +1,7 @@
-"""Continuing a killed run's loggers: the run folder the checkpoint belongs to, and the metrics that
-the interrupted epoch logged after its checkpoint.
+"""Continuing a killed run's loggers.
+
+The run folder the checkpoint belongs to, and the metrics that the interrupted epoch logged after
+its checkpoint.
 
 * :func:`continue_run` points a CSV or TensorBoard logger (Lightning's, or
   :class:`~fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger`) at the run folder of ``ckpt_path`` (see
@@ -71,8 +73,11 @@ def evaluate_into_run(logger: Any, ckpt_path: str | Path | None, stage: str) -> 
 
 
 def purge_events_from(logger: Any, step: int) -> None:
-    """Hide the events a resumed run's TensorBoard logger holds from ``step`` on (the first logging
-    step after the checkpoint); a no-op for other loggers. Call it on global rank zero only."""
+    """Hide the events a resumed run's TensorBoard logger holds from ``step`` on.
+
+    ``step`` is the first logging step after the checkpoint; a no-op for other loggers. Call it on
+    global rank zero only.
+    """
     if not _tensorboard_logger(logger):
         return
     try:

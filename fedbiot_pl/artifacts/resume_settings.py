@@ -48,9 +48,12 @@ class SettingsMismatchError(ConfigError):
 
 
 def run_settings(split: Any, loop: Any) -> dict[str, Any]:
-    """The settings a checkpoint of ``split`` (a :class:`~fedbiot_pl.model.views.ModelViews`, built or
-    not) trained by ``loop`` (a :class:`~fedbiot_pl.callbacks.FederatedLoop`) must be resumed
-    with, by CLI name; the layout settings are left out where the algorithm does not use them."""
+    """The settings, by CLI name, that a checkpoint of ``split`` trained by ``loop`` must be resumed with.
+
+    ``split`` is a :class:`~fedbiot_pl.model.views.ModelViews` (built or not), ``loop`` a
+    :class:`~fedbiot_pl.callbacks.FederatedLoop`; the layout settings are left out where the algorithm
+    does not use them.
+    """
     request = split.layout_request
     layout = loop.algorithm.layout(split.num_layers, request)  # the loop's algorithm lays the views out
     settings: dict[str, Any] = {
@@ -73,8 +76,11 @@ def run_settings(split: Any, loop: Any) -> dict[str, Any]:
 
 
 def model_identity(model: str) -> str:
-    """``model`` as a checkpoint records it: a local folder by its real path (``./m``, ``~/m`` and
-    ``/abs/m`` are one model); hub ids and ``embedded:`` names as given."""
+    """``model`` as a checkpoint records it.
+
+    A local folder by its real path (``./m``, ``~/m`` and ``/abs/m`` are one model); hub ids and
+    ``embedded:`` names as given.
+    """
     path = os.path.expanduser(model)
     return os.path.realpath(path) if not model.startswith(EMBEDDED_PREFIX) and os.path.exists(path) else model
 
@@ -82,12 +88,16 @@ def model_identity(model: str) -> str:
 def data_settings(datamodule: Any) -> dict[str, Any]:
     """The data settings that decide each client's rows (``data.<name>``), for those the datamodule has."""
     values = {name: getattr(datamodule, name) for name in DATA_SETTINGS if hasattr(datamodule, name)}
-    return {f"data.{name}": value for name, value in values.items() if value is None or isinstance(value, (int, float, str))}
+    return {
+        f"data.{name}": value for name, value in values.items() if value is None or isinstance(value, (int, float, str))
+    }
 
 
 def warn_data_differences(checkpoint: Mapping[str, Any], current: Mapping[str, Any], path: str | Path) -> None:
-    """Warn, naming each one, when the clients' data is partitioned otherwise than in the checkpoint's run:
-    the resume loads, but the run no longer ends as the interrupted one would have."""
+    """Warn, naming each one, when the clients' data is partitioned otherwise than in the checkpoint's run.
+
+    The resume loads, but the run no longer ends as the interrupted one would have.
+    """
     differences = settings_differences(checkpoint.get(DATA_KEY) or {}, current) if DATA_KEY in checkpoint else []
     if differences:
         rows = "".join(f"\n  {name}: checkpoint {before!r}, this run {now!r}" for name, before, now in differences)
@@ -96,8 +106,10 @@ def warn_data_differences(checkpoint: Mapping[str, Any], current: Mapping[str, A
 
 
 def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(name, checkpoint's value, this run's value)`` for every setting that differs, in the
-    checkpoint's order; a setting only one side uses shows :data:`NOT_USED` on the other."""
+    """``(name, checkpoint's value, this run's value)`` for every setting that differs.
+
+    In the checkpoint's order; a setting only one side uses shows :data:`NOT_USED` on the other.
+    """
     names = list(saved) + [name for name in current if name not in saved]
     differences = []
     for name in names:
@@ -125,8 +137,10 @@ def mismatch_message(path: str | Path, differences: list[tuple[str, Any, Any]]) 
 
 
 def check_resume_settings(checkpoint: Mapping[str, Any], current: Mapping[str, Any], path: str | Path) -> None:
-    """Raise :class:`SettingsMismatchError` when ``checkpoint`` was written under other settings
-    than ``current`` (:func:`run_settings` of the resumed run); warn when it recorded none."""
+    """Raise :class:`SettingsMismatchError` when ``checkpoint`` was written under other settings than ``current``.
+
+    ``current`` is :func:`run_settings` of the resumed run; warn when the checkpoint recorded none.
+    """
     saved = checkpoint.get(SETTINGS_KEY)
     if saved is None:
         log.warning("%s records no settings (written before they were recorded): resuming without checking "

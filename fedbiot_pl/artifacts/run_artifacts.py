@@ -35,8 +35,9 @@ def lora_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_run_lora(path: str | Path) -> dict[str, Tensor]:
-    """LoRA state from a ``.ckpt`` file, a ``compressed_lora.safetensors`` file, or an exported
-    ``final_adapter`` folder (which holds that file).
+    """LoRA state from a ``.ckpt`` file, a ``compressed_lora.safetensors`` file, or a ``final_adapter`` folder.
+
+    The ``final_adapter`` folder is an exported one, which holds that file.
 
     Raises:
         FileNotFoundError: naming the path and what was looked for.

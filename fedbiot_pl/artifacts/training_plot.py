@@ -134,8 +134,10 @@ def training_series(rows: Sequence[dict[str, float]], pre_alignment: int | None 
 
 
 def draw_training(series: TrainingSeries, title: str | None = None) -> Any:
-    """A matplotlib ``Figure`` of four panels: client loss (mean and per client), alignment L2/KL,
-    validation losses and cumulative bytes, against the round."""
+    """A matplotlib ``Figure`` of four panels against the round.
+
+    Client loss (mean and per client), alignment L2/KL, validation losses and cumulative bytes.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter, MaxNLocator
@@ -220,8 +222,10 @@ def write_training_plot(source: str | Path, out: str | Path | None = None,
 
 
 def plot_fit(loggers: Sequence[Any], pre_alignment: int) -> Path | None:
-    """``training.png`` next to the ``metrics.csv`` of the first CSV logger among ``loggers``
-    (``None``, and one info line, when there is none; a warning when it cannot be drawn)."""
+    """``training.png`` next to the ``metrics.csv`` of the first CSV logger among ``loggers``.
+
+    ``None``, and one info line, when there is none; a warning when it cannot be drawn.
+    """
     from lightning.fabric.loggers import CSVLogger  # the base of Lightning's and fedbiot's CSV loggers
 
     csv_logger = next((logger for logger in loggers if isinstance(logger, CSVLogger)), None)

@@ -113,8 +113,8 @@ def check_values(where: str, role: str, column: str, values: Iterable[Any], requ
         elif not isinstance(value, str):
             kind = type(value).__name__
             raise ConfigError(
-                f"{where}: row {number} field {column!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a string; "
-                "store it as a JSON string."
+                f"{where}: row {number} field {column!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                "not a string; store it as a JSON string."
             )
         elif required and not value.strip():
             raise ConfigError(

@@ -104,7 +104,8 @@ def meta_partition(keys: Sequence[str], num_clients: int) -> list[list[int]]:
     if num_clients > len(groups):
         raise ConfigError(
             f"the partition key has {len(groups)} values ({', '.join(groups)}) but num_clients={num_clients}, so "
-            f"client {len(groups)} would get no value; use num_clients <= {len(groups)}, or partition: dirichlet or iid."
+            f"client {len(groups)} would get no value; use num_clients <= {len(groups)}, "
+            "or partition: dirichlet or iid."
         )
     buckets = bucket_values({value: len(rows) for value, rows in groups.items()}, num_clients)
     return [sorted(index for value in bucket for index in groups[value]) for bucket in buckets]
@@ -168,7 +169,9 @@ def dirichlet_partition(
     )
 
 
-def train_val_split(indices: Sequence[int], val_fraction: float, seed: int, client_id: int) -> tuple[list[int], list[int]]:
+def train_val_split(
+    indices: Sequence[int], val_fraction: float, seed: int, client_id: int
+) -> tuple[list[int], list[int]]:
     """Hold out ``floor(len(indices) * val_fraction + 0.5)`` of a client's rows for validation.
 
     The held-out rows are chosen by a generator seeded with ``(seed, client_id)``, so each client's

@@ -89,9 +89,11 @@ def format_partition_table(table: PartitionTable) -> str:
              for row in table.rows]
     totals = [sum(int(line[column]) for line in lines) for column in range(1, len(header))]
     lines.append(["total", *map(str, totals)])
-    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=True)]
     title = f"Partition by {table.key!r}" if table.key else "Partition (no key)"
-    rendered = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header, *lines]]
+    rendered = [
+        "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in [header, *lines]
+    ]
     return "\n".join([title, *rendered])
 
 
@@ -124,7 +126,7 @@ def plot_partition(table: PartitionTable, path: str | Path) -> Path:
         for number, value in enumerate(table.values):
             heights = [row.counts[value] for row in table.rows]
             axes.bar(clients, heights, bottom=bottoms, label=value, color=palette(number % palette.N))
-            bottoms = [bottom + height for bottom, height in zip(bottoms, heights)]
+            bottoms = [bottom + height for bottom, height in zip(bottoms, heights, strict=True)]
         axes.legend(title=table.key, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     else:
         axes.bar(clients, [row.train for row in table.rows])

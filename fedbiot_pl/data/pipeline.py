@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
-from fedbiot_pl.data.sources import RecordSpec
 from fedbiot_pl.data.prompts import (
     PROMPT_NO_INPUT,
     PROMPT_WITH_INPUT,
@@ -28,8 +27,9 @@ from fedbiot_pl.data.prompts import (
     gsm8k_to_instruction,
     strip_no_break_spaces,
 )
-from fedbiot_pl.quiet import no_library_progress_bars
+from fedbiot_pl.data.sources import RecordSpec
 from fedbiot_pl.data.tokenization import tokenize_batch, tokenizer_fingerprint
+from fedbiot_pl.quiet import no_library_progress_bars
 
 PIPELINE_VERSION = "1"
 """Bump when :func:`record_texts` or the tokenisation changes, so old caches are not reused."""
@@ -80,7 +80,7 @@ def _tokenize_rows(
     inputs = batch[fields["input"]] if fields["input"] is not None else [None] * len(instructions)
     prompts, responses = record_texts(spec, instructions, inputs, outputs)
     examples = tokenize_batch(tokenizer, prompts, responses, max_length)
-    for row, (instruction, output) in enumerate(zip(instructions, outputs)):
+    for row, (instruction, output) in enumerate(zip(instructions, outputs, strict=True)):
         if not instruction.strip() or not output.strip():  # allowed only with drop_empty: skipped like truncation
             examples["input_ids"][row], examples["labels"][row] = [], []
     return examples

@@ -82,10 +82,10 @@ def strip_calculator_annotations(text: str) -> str:
 
 
 def gsm8k_to_instruction(question: str, answer: str, strip_annotations: bool = False) -> tuple[str, str]:
-    """Turn a GSM8K record into an (instruction, response) pair.
+    r"""Turn a GSM8K record into an (instruction, response) pair.
 
     The question becomes the instruction unchanged. In the answer every ``####`` marker is
-    replaced by ``The answer is``, so ``"...\\n#### 72"`` becomes ``"...\\nThe answer is 72"``;
+    replaced by ``The answer is``, so ``"...\n#### 72"`` becomes ``"...\nThe answer is 72"``;
     the ``<<48/2=24>>`` calculator annotations are kept, as in the reference, unless
     ``strip_annotations`` is set.
 
@@ -103,7 +103,7 @@ def gsm8k_to_instruction(question: str, answer: str, strip_annotations: bool = F
 
 
 def strip_no_break_spaces(text: str) -> str:
-    """Delete every ``\\u00a0`` (no-break space), as the reference does for Rosetta-style code data."""
+    r"""Delete every ``\u00a0`` (no-break space), as the reference does for Rosetta-style code data."""
     return text.replace(NO_BREAK_SPACE, "")
 
 

@@ -18,8 +18,8 @@ import datasets
 
 from fedbiot_pl.assets import resolve
 from fedbiot_pl.data.checks import check_columns, check_values, client_keys, diagnose_unreadable
-from fedbiot_pl.errors import ConfigError, MissingPathError
 from fedbiot_pl.data.prompts import instruction_language
+from fedbiot_pl.errors import ConfigError, MissingPathError
 from fedbiot_pl.quiet import no_library_progress_bars
 
 Format = Literal["auto", "gsm8k", "alpaca", "dolly", "code"]

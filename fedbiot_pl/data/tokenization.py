@@ -83,10 +83,11 @@ def tokenize_batch(
         raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt.")
     eos_id = _eos_id(tokenizer)
     prompt_ids = _encode_many(tokenizer, prompts, eos_id)
-    full_ids = _encode_many(tokenizer, [prompt + response for prompt, response in zip(prompts, responses)], eos_id)
+    full_texts = [prompt + response for prompt, response in zip(prompts, responses, strict=True)]
+    full_ids = _encode_many(tokenizer, full_texts, eos_id)
     input_ids: list[list[int]] = []
     labels: list[list[int]] = []
-    for prompt, full in zip(prompt_ids, full_ids):
+    for prompt, full in zip(prompt_ids, full_ids, strict=True):
         ids = [*full, eos_id][:max_length]
         num_prompt = len(prompt)
         if num_prompt >= len(ids):

@@ -1,7 +1,7 @@
 """Reading evaluation and prediction files: JSON lines (``.jsonl``, ``.jsonl.gz``) or a ``.json`` list.
 
-Shared by the evaluation (:func:`fedbiot_pl.evaluation.generation.read_eval_records`) and by the
-scoring of saved predictions (:meth:`fedbiot_pl.evaluation.tasks.EvalTask.score_file`, behind
+Shared by the evaluation (:func:`fedbiot_pl.evaluation.eval_data.read_eval_records`) and by the
+scoring of saved predictions (:meth:`fedbiot_pl.evaluation.task_base.EvalTask.score_file`, behind
 ``python -m fedbiot_pl.score``). Every error is an :class:`InputError` whose message names the file,
 the line and the field.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ class ReferenceLookup:
     def __init__(self, path: str, gold_field: str, text_field: str | None) -> None:
         """Read the references and index them by ``id`` and by text."""
         self.path, self.gold_field, self.text_field = path, gold_field, text_field
-        self.lines, self.records = zip(*read_records(path))
+        self.lines, self.records = zip(*read_records(path), strict=True)
         self.by_id = {record["id"]: index for index, record in enumerate(self.records) if "id" in record}
         self.by_text: dict[str, list[int]] = {}
         for index, record in enumerate(self.records):
@@ -131,6 +132,46 @@ class ReferenceLookup:
             raise InputError(f"{where}: {what} matches {len(found)} records of {self.path} with different "
                              f"'{self.gold_field}'; match by 'id' instead")
         return string_field(self.records[found[0]], self.gold_field, self.path, self.lines[found[0]])
+
+
+def read_predictions(path: str, gold_field: str, match_field: str | None = None, references: str | None = None,
+                     check: Callable[[str], None] | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """The predictions of a predictions file, each with its gold answer.
+
+    Each line holds ``prediction`` and ``gold_field``, or, with ``references``, an ``id`` or the
+    ``match_field`` text that finds the gold answer there (:class:`ReferenceLookup`).
+
+    Args:
+        path: The predictions file.
+        gold_field: The field of the gold answer.
+        match_field: The text field that matches a line without ``id`` to a reference record.
+        references: A file of gold records, for lines without ``gold_field``.
+        check: Raises ``ValueError`` for a gold answer that cannot be scored.
+
+    Returns:
+        The predictions, and for each the row ``{gold_field: gold answer}``.
+
+    Raises:
+        InputError: A file, line or field that cannot be used.
+    """
+    numbered = read_records(path)
+    lookup = ReferenceLookup(references, gold_field, match_field) if references else None
+    texts, rows = [], []
+    for number, row in numbered:
+        texts.append(string_field(row, "prediction", path, number))
+        if gold_field in row:
+            gold = string_field(row, gold_field, path, number)
+        elif lookup is None:
+            raise InputError(f"{path} line {number}: no '{gold_field}' field; add it or pass --references")
+        else:
+            gold = lookup.find(row, path, number)
+        if check is not None:
+            try:
+                check(gold)
+            except ValueError as error:
+                raise InputError(f"{path} line {number}: field '{gold_field}': {error}") from error
+        rows.append({gold_field: gold})
+    return texts, rows
 
 
 def _is_index(value: Any, size: int) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedbiot_pl.errors import ConfigError
-from fedbiot_pl.evaluation.generation import build_prompts
+from fedbiot_pl.evaluation.eval_data import build_prompts
 from fedbiot_pl.evaluation.prompts import GSM8K_DEMOS
 from fedbiot_pl.evaluation.tasks import EVAL_TASKS, Task, eval_task
 from fedbiot_pl.modules.generation_module import GenerationSettings, Variant, left_padded_batches

@@ -1,1 +1,4 @@
-"""One federated round and what it is made of: sampling, messages and their checks, transport, aggregation, client fits."""
+"""One federated round and what it is made of.
+
+Sampling, messages and their checks, transport, aggregation, client fits.
+"""

@@ -33,9 +33,11 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
     averaged = {}
     for key, first in states[0].items():
         acc = torch.zeros(first.shape, dtype=torch.float32, device=first.device)
-        for i, (state, weight) in enumerate(zip(states, weights)):
+        for i, (state, weight) in enumerate(zip(states, weights, strict=True)):
             if state[key].shape != first.shape:
-                raise ValueError(f"{key}: client {i} has shape {tuple(state[key].shape)}, expected {tuple(first.shape)}.")
+                raise ValueError(
+                    f"{key}: client {i} has shape {tuple(state[key].shape)}, expected {tuple(first.shape)}."
+                )
             acc.add_(state[key].float(), alpha=weight / total)
         averaged[key] = acc.to(first.dtype)
     return averaged

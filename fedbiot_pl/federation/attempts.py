@@ -1,5 +1,8 @@
-"""Client faults in a federated round: the settings' checks, what one attempt at a round gathered,
-and the totals and messages built from it (used by :class:`~fedbiot_pl.callbacks.FederatedLoop`)."""
+"""Client faults in a federated round.
+
+The settings' checks, what one attempt at a round gathered, and the totals and messages built from
+it (used by :class:`~fedbiot_pl.callbacks.FederatedLoop`).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ class TooFewClientsError(RuntimeError):
 
 @dataclass
 class RoundAttempt:
-    """What one attempt at a round gathered: the accepted updates with their FedAvg weights and
-    mean losses, and one event per dropped client or rejected update."""
+    """What one attempt at a round gathered.
+
+    The accepted updates with their FedAvg weights and mean losses, and one event per dropped client or
+    rejected update.
+    """
 
     attempt: int
     clients: list[int]
@@ -58,7 +64,9 @@ def too_few_message(round_idx: int, attempts: list[RoundAttempt], min_clients: i
         f"update (attempt {last.attempt + 1} of {len(attempts)}), fewer than federated.min_clients={min_clients}."
     )]
     for event in (e for attempt in attempts for e in attempt.events):
-        lines.append(f"  attempt {event['attempt'] + 1}, client {event['client']} {event['outcome']}: {event['reason']}")
+        lines.append(
+            f"  attempt {event['attempt'] + 1}, client {event['client']} {event['outcome']}: {event['reason']}"
+        )
     remedy = ("raise federated.max_round_retries" if on_too_few == "retry"
               else "set federated.on_too_few: retry (with federated.max_round_retries)")
     lines.append(
@@ -69,9 +77,11 @@ def too_few_message(round_idx: int, attempts: list[RoundAttempt], min_clients: i
 
 
 def round_record(round_idx: int, attempts: list[RoundAttempt]) -> tuple[dict[str, float], dict[str, Any]]:
-    """A finished round's client metrics (losses of the accepted clients and their mean, accepted,
-    dropped and rejected counts, attempts) and its history entry (sampled and accepted clients,
-    attempts, every fault event)."""
+    """A finished round's client metrics and its history entry.
+
+    The metrics: losses of the accepted clients and their mean, accepted, dropped and rejected counts,
+    attempts. The history entry: sampled and accepted clients, attempts, every fault event.
+    """
     final = attempts[-1]
     events = [event for attempt in attempts for event in attempt.events]
     metrics = {f"client/{client_id}/loss": loss for client_id, loss in final.losses.items()}

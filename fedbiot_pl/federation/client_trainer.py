@@ -27,13 +27,17 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from typing_extensions import override
 
 _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
-_EXPECTED_WARNINGS = r".*(does not have many workers|smaller than the logging interval|module\(s\) in eval mode|LeafSpec).*"
+_EXPECTED_WARNINGS = (
+    r".*(does not have many workers|smaller than the logging interval|module\(s\) in eval mode|LeafSpec).*"
+)
 _ENTRY_POINTS: dict[str, list[Any]] = {}
 
 
 class KeepOnDeviceStrategy(SingleDeviceStrategy):
-    """A single-device strategy that neither moves the module at set-up if it is already on the
-    device, nor back to the CPU at teardown.
+    """A single-device strategy that leaves the module where it is at set-up and teardown.
+
+    It neither moves the module at set-up if it is already on the device, nor back to the CPU at
+    teardown.
 
     Lightning's ``Strategy.teardown`` moves the LightningModule to the CPU after every ``fit``. The
     client module shares its (frozen, possibly multi-GB) model with the server, so that move would
@@ -62,8 +66,9 @@ class ClientTimeout(RuntimeError):
 
 
 class ClientDeadline(Callback):
-    """Raises :class:`ClientTimeout` at the end of the first batch that finishes more than
-    ``seconds`` after this callback was made (make it when the client's fit starts).
+    """Raises :class:`ClientTimeout` at the end of the first batch that finishes too late.
+
+    Too late: more than ``seconds`` after this callback was made (make it when the client's fit starts).
 
     The check runs between batches: a single batch that hangs is not interrupted.
     """
@@ -85,8 +90,11 @@ def build_client_trainer(
     root_device: torch.device, precision: Any, max_steps: int, accumulate_grad_batches: int,
     callbacks: list[Callback] | None = None,
 ) -> pl.Trainer:
-    """A Trainer for one client fit on ``root_device``: no logger, checkpoints, summary, progress bar
-    or validation; only ``callbacks``. Build it inside :func:`client_fit_context`."""
+    """A Trainer for one client fit on ``root_device``.
+
+    No logger, checkpoints, summary, progress bar or validation; only ``callbacks``. Build it inside
+    :func:`client_fit_context`.
+    """
     accelerator = "cuda" if root_device.type == "cuda" else root_device.type
     return pl.Trainer(
         max_steps=max_steps,
@@ -119,8 +127,11 @@ def _memoised_external_callbacks(group: str) -> list[Any]:
 
 @contextmanager
 def client_fit_context() -> Iterator[None]:
-    """Quiet, cheap client Trainers: banners at WARNING, the expected warnings of tiny frozen-model
-    fits ignored, and the callback entry points looked up once per process."""
+    """Quiet, cheap client Trainers.
+
+    Banners at WARNING, the expected warnings of tiny frozen-model fits ignored, and the callback entry
+    points looked up once per process.
+    """
     try:  # a private Lightning name: without it, client Trainers just pay the full look-up
         from lightning.pytorch.trainer.connectors import callback_connector
     except ImportError:  # pragma: no cover

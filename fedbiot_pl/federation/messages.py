@@ -115,8 +115,11 @@ class LoRAState(Message):
 
     def problem(self, reference: Mapping[str, Tensor] | None = None, max_norm: float | None = None,
                 **limits: Any) -> str | None:
-        """An upload must match the broadcast ``reference`` (keys, shapes, dtypes), be finite and, with
-        ``max_norm``, change it by at most that L2 norm (:func:`~fedbiot_pl.federation.validation.update_problem`)."""
+        """An upload must match the broadcast ``reference`` (keys, shapes, dtypes) and be finite.
+
+        With ``max_norm``, it must also change it by at most that L2 norm
+        (:func:`~fedbiot_pl.federation.validation.update_problem`).
+        """
         from fedbiot_pl.federation.validation import update_problem
 
         return None if reference is None else update_problem(self.tensors, reference, max_norm)

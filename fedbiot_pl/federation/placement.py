@@ -11,6 +11,10 @@ each GPU a sliver of work, and its gradients would be all-reduced every step; sp
 keeps every GPU's batch at the client's size and needs one exchange of ~1 MB per client per round.
 With fewer sampled clients than GPUs, the ranks without a client wait at the exchange.
 
+:class:`~fedbiot_pl.federation.transport.InProcessTransport` deals the clients with
+:func:`clients_of_rank` and swaps the replies with :func:`gather_by_client`; the round runner then
+aggregates them (:func:`fedbiot_pl.federation.aggregation.fedavg` for the LoRA algorithms).
+
 Under ZeRO-3 the fits run inside :func:`fedbiot_pl.scaling.deepspeed.client_phase`, where every rank holds the
 whole compressed model, so the ranks need not move in lockstep during the fits.
 """
@@ -19,21 +23,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
 T = TypeVar("T")
-
-
-class Upload(NamedTuple):
-    """What a client sends back: its adapter LoRA, its FedAvg weight and its mean training loss."""
-
-    state: dict[str, Tensor]
-    weight: float
-    loss: float
 
 
 def assign_clients(clients: Sequence[int], world_size: int) -> list[list[int]]:
@@ -60,20 +55,24 @@ def clients_of_rank(clients: Sequence[int], rank: int, world_size: int) -> list[
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
-    """A seed for one client's fit that depends only on (seed, round, client), not on the rank that
-    runs it, so LoRA dropout draws the same masks wherever the client is placed."""
+    """A seed for one client's fit that depends only on (seed, round, client).
+
+    Not on the rank that runs it nor on the order of the fits, so LoRA dropout draws the same masks
+    wherever and whenever the client is fitted.
+    """
     digest = hashlib.sha256(f"{seed}/{round_idx}/{client_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
 def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (also inside dicts, lists and tuples) detached on the CPU."""
     if isinstance(value, Tensor):
         return value.detach().cpu()
-    if isinstance(value, Upload):
-        return Upload(_to_cpu(value.state), float(value.weight), float(value.loss))
     if isinstance(value, dict):
         return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_to_cpu(v) for v in value))
+    if isinstance(value, (list, tuple)):
         return type(value)(_to_cpu(v) for v in value)
     return value
 
@@ -109,19 +108,3 @@ def gather_by_client(local: Mapping[int, T], clients: Sequence[int], group: obje
                            f"and {unknown} were not sampled.")
     return [merged[c] for c in clients]
 
-
-def gather_uploads(local: Mapping[int, Upload], clients: Sequence[int], group: object = None) -> list[Upload]:
-    """:func:`gather_by_client` for :class:`Upload` results (every sampled client uploaded)."""
-    return [Upload(*upload) for upload in gather_by_client(local, clients, group)]
-
-
-def average_uploads(uploads: Sequence[Upload]) -> dict[str, Tensor]:
-    """The FedAvg of ``uploads`` (by their weights), the same on every rank given the same order."""
-    from fedbiot_pl.federation.aggregation import fedavg
-
-    return fedavg([u.state for u in uploads], [u.weight for u in uploads])
-
-
-def mean_loss(uploads: Sequence[Upload]) -> float:
-    """The round's client loss: the plain mean over the clients."""
-    return float(torch.tensor([u.loss for u in uploads], dtype=torch.float64).mean())

@@ -1,6 +1,8 @@
-"""One federated round as a plain object: sampling, broadcast, client fits, uploads, their checks,
-aggregation, and the server's steps. No Trainer: tests and benchmarks call it directly, and the
-:class:`~fedbiot_pl.callbacks.FederatedLoop` callback calls it from Lightning's hooks.
+"""One federated round as a plain object.
+
+Sampling, broadcast, client fits, uploads, their checks, aggregation, and the server's steps. No
+Trainer: tests and benchmarks call it directly, and the :class:`~fedbiot_pl.callbacks.FederatedLoop`
+callback calls it from Lightning's hooks.
 
 One round ``t`` (attempt ``a``; a retry samples again with ``attempt=a``)::
 

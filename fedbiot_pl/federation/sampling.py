@@ -10,8 +10,9 @@ from fedbiot_pl.errors import ConfigError
 
 
 def clients_per_round(num_clients: int, per_round: int | float | None) -> int:  # noqa: PYI041 - a count or a fraction
-    """How many clients a round samples: ``None`` = all, an int = that many, a float in (0, 1] = that
-    fraction (rounded up, at least 1).
+    """How many clients a round samples.
+
+    ``None`` = all, an int = that many, a float in (0, 1] = that fraction (rounded up, at least 1).
 
     Raises:
         ValueError: naming the bad value and the allowed range.
@@ -32,8 +33,9 @@ def clients_per_round(num_clients: int, per_round: int | float | None) -> int:  
 def sample_clients(
     num_clients: int, per_round: int | float | None, seed: int, round_idx: int, attempt: int = 0,  # noqa: PYI041
 ) -> list[int]:
-    """Sorted ids of the clients of round ``round_idx``; the same (seed, round) gives the same set,
-    so a resumed run samples exactly as an uninterrupted one.
+    """Sorted ids of the clients of round ``round_idx``.
+
+    The same (seed, round) gives the same set, so a resumed run samples exactly as an uninterrupted one.
 
     ``attempt`` > 0 draws the set for a retry of the round (see ``FederatedLoop.on_too_few``): a
     different draw, still a pure function of (seed, round, attempt). Attempt 0 is the plain draw.

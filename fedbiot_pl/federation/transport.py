@@ -52,7 +52,9 @@ class InProcessTransport:
 
     def exchange(self, clients: Sequence[int], broadcast: bytes, client_fn: ClientFn) -> list[ClientReply]:
         """Run ``client_fn`` for this rank's clients, gather every rank's replies (a collective)."""
-        local = {client: client_fn(client, broadcast) for client in clients_of_rank(clients, self.rank, self.world_size)}
+        local = {
+            client: client_fn(client, broadcast) for client in clients_of_rank(clients, self.rank, self.world_size)
+        }
         replies = gather_by_client(local, clients)
         self.ledger.record_wire(down=len(broadcast) * len(clients), up=sum(len(reply.payload) for reply in replies))
         return replies

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-
 _SHOWN = 3  # keys named per problem; the rest are counted
 
 
@@ -72,8 +71,10 @@ def update_problem(
 def receive_update(
     payload: bytes, reference: Mapping[str, Tensor], max_norm: float | None = None
 ) -> tuple[dict[str, Tensor] | None, str | None]:
-    """Decode an upload (a :class:`~fedbiot_pl.federation.messages.LoRAState` message; safetensors only:
-    nothing is unpickled) and validate it.
+    """Decode an upload and validate it.
+
+    The upload is a :class:`~fedbiot_pl.federation.messages.LoRAState` message (safetensors only:
+    nothing is unpickled).
 
     Returns:
         ``(update, None)`` for an acceptable update; ``(update, reason)`` for a decoded but invalid

@@ -1,1 +1,4 @@
-"""The model side: views of one set of weights (full, compressed, AdapFu), layer layouts, layer capture, losses, locating a model."""
+"""The model side.
+
+Views of one set of weights (full, compressed, AdapFu), layer layouts, layer capture, losses, locating a model.
+"""

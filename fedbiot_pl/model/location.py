@@ -20,8 +20,11 @@ MODEL_FORMS = (
 
 
 def looks_local(name: str) -> bool:
-    """Whether ``name`` can only be a path: absolute, ``./``, ``../``, ``~``, a ``.json`` file, or more
-    than one ``/`` (a hub id is ``name`` or ``namespace/name``)."""
+    """Whether ``name`` can only be a path.
+
+    Absolute, ``./``, ``../``, ``~``, a ``.json`` file, or more than one ``/`` (a hub id is ``name`` or
+    ``namespace/name``).
+    """
     return name.startswith((os.sep, ".", "~")) or name.count("/") > 1 or name.endswith(".json")
 
 
@@ -48,15 +51,18 @@ def model_location(model: str, needs_config: bool = True) -> str:
 
 
 def unloadable(model: str, error: Exception) -> MissingPathError:
-    """The error for a hub-id-shaped ``model`` that transformers could not load (no local folder of
-    that name, and the hub unreachable or without it)."""
+    """The error for a hub-id-shaped ``model`` that transformers could not load.
+
+    No local folder of that name, and the hub unreachable or without it.
+    """
     return MissingPathError(f"model={model!r} is no local folder and could not be loaded as a hub id "
                             f"({type(error).__name__}: {str(error).splitlines()[0]}); {MODEL_FORMS}.")
 
 
 def load_model_config(model: str) -> Any:
-    """The transformers config of ``model`` (a hub id, a model folder, a ``config.json`` file or an
-    ``embedded:`` name), read offline when it is local.
+    """The transformers config of ``model``, read offline when it is local.
+
+    ``model`` is a hub id, a model folder, a ``config.json`` file or an ``embedded:`` name.
 
     Raises:
         MissingPathError: a local path that does not exist, or a hub id that cannot be loaded.

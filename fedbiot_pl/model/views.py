@@ -16,7 +16,6 @@ these models they fire twice and ``hidden_states`` comes back misaligned (logits
 from __future__ import annotations
 
 import copy
-import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from fedbiot_pl.assets import DEFAULT_MODEL
 from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.model.assembly import assemble, decoder_of, share_copy
 from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
 from fedbiot_pl.model.location import load_model_config, model_location
 from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, no_library_progress_bars
@@ -37,66 +37,6 @@ _LAYER_KEY = re.compile(r"\.layers\.(\d+)\.")
 
 if TYPE_CHECKING:
     from fedbiot_pl.algorithms.base import Algorithm
-
-
-def share_copy(module: nn.Module) -> nn.Module:
-    """A structural copy of ``module`` whose parameters and buffers are the original tensors."""
-    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-    return copy.deepcopy(module, memo)
-
-
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The decoder stack (``model.model`` for LLaMA, Mistral, Qwen2) holding ``layers``."""
-    decoder = getattr(model, "model", None)
-    if decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
-        raise ConfigError(
-            f"{type(model).__name__} is not supported: FedBiOT needs a decoder-only causal LM whose "
-            "decoder layers are one nn.ModuleList at `model.model.layers` (LLaMA, Mistral, Qwen2, ...)."
-        )
-    return decoder
-
-
-def _set_layer_index(layer: nn.Module, index: int) -> None:
-    # transformers keys its KV cache by `layer_idx`; renumber every module that carries one.
-    for module in layer.modules():
-        if hasattr(module, "layer_idx"):
-            module.layer_idx = index
-
-
-def assemble(full: nn.Module, layers: list[nn.Module]) -> nn.Module:
-    """A model of ``full``'s class running ``layers``, sharing everything else with ``full``.
-
-    The shell is created on the meta device (no memory, no init), then every module except the
-    decoder layers is replaced by ``full``'s own module. ``config.num_hidden_layers`` (and the
-    per-layer ``layer_types`` of sliding-window models) match the new depth and ``layer_idx`` is
-    renumbered so that the KV cache and ``generate`` work.
-    """
-    indices = [getattr(layer, "_fedbiot_source_index", i) for i, layer in enumerate(layers)]
-    config = copy.deepcopy(full.config)
-    config.num_hidden_layers = len(layers)
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = [full.config.layer_types[i] for i in indices]
-    with torch.device("meta"):
-        shell = type(full)(config)
-    decoder, full_decoder = decoder_of(shell), decoder_of(full)
-    for name, child in full.named_children():
-        if child is not full_decoder:
-            setattr(shell, name, child)
-    for name, child in full_decoder.named_children():
-        if name != "layers":
-            setattr(decoder, name, child)
-    decoder.layers = nn.ModuleList(layers)
-    for position, layer in enumerate(layers):
-        _set_layer_index(layer, position)
-    shell.generation_config = copy.deepcopy(full.generation_config)
-    # Every tensor must be full's or the given layers' (identity, so meta-device models work too).
-    shared = {id(t) for m in (full, *layers) for t in itertools.chain(m.parameters(), m.buffers())}
-    leftover = [
-        n for n, t in itertools.chain(shell.named_parameters(), shell.named_buffers()) if id(t) not in shared
-    ]
-    if leftover:
-        raise RuntimeError(f"{type(full).__name__} has modules the split does not share: {leftover[:5]}")
-    return shell
 
 
 class ModelViews(nn.Module):
@@ -250,8 +190,11 @@ class ModelViews(nn.Module):
 
     @staticmethod
     def _linear_module_names(config) -> set[str] | None:
-        """Names of the linear modules in one decoder layer of ``config``'s model (from a one-layer
-        instance on the meta device: no memory, no weights); ``None`` when it cannot be built here."""
+        """Names of the linear modules in one decoder layer of ``config``'s model.
+
+        Read from a one-layer instance on the meta device (no memory, no weights); ``None`` when it
+        cannot be built here.
+        """
         from transformers import AutoModelForCausalLM
 
         small = copy.deepcopy(config)
@@ -324,7 +267,7 @@ class ModelViews(nn.Module):
         )
 
     def _collect_lora(self) -> dict[str, tuple[int, nn.Parameter]]:
-        """peft state-dict key -> (compressed-layer position, live parameter)."""
+        """Map each peft state-dict key to (compressed-layer position, live parameter)."""
         name = self.compressed.active_adapter
         found = {}
         for key, param in self.compressed.named_parameters():
@@ -387,7 +330,9 @@ class ModelViews(nn.Module):
 
     # ------------------------------------------------------------------ layers by role
     def compressed_layer(self, position: int) -> nn.Module:
+        """The compressed model's decoder layer at ``position``."""
         return decoder_of(self.compressed.get_base_model()).layers[position]
 
     def full_with_adapter_layer(self, index: int) -> nn.Module:
+        """The AdapFu model's decoder layer ``index`` (full-model numbering)."""
         return decoder_of(self.full_with_adapter).layers[index]

@@ -91,8 +91,9 @@ def _get(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
 
 
 def scaling_issues(config: Mapping[str, Any], *, cuda: bool, deepspeed_installed: bool) -> list[str]:
-    """Every engine/precision setting of a parsed ``fit`` config (a nested dict) this machine cannot
-    run, each naming the setting and the fix; empty when the config can start.
+    """Every engine/precision setting of a parsed ``fit`` config (a nested dict) this machine cannot run.
+
+    Each names the setting and the fix; empty when the config can start.
 
     Args:
         config: the parsed config (``trainer``, ``model``, ``federated`` sections).
@@ -156,8 +157,11 @@ def scaling_issues(config: Mapping[str, Any], *, cuda: bool, deepspeed_installed
 
 
 def check_scaling(config: Any, *, cuda: bool | None = None, deepspeed_installed: bool | None = None) -> None:
-    """Raise one ``ValueError`` listing every :func:`scaling_issues` of ``config`` (a dict or a
-    jsonargparse ``Namespace``), before anything is instantiated or loaded."""
+    """Raise one ``ValueError`` listing every :func:`scaling_issues` of ``config``.
+
+    ``config`` is a dict or a jsonargparse ``Namespace``; it is checked before anything is instantiated
+    or loaded.
+    """
     as_dict = config.as_dict() if hasattr(config, "as_dict") else dict(config)
     issues = scaling_issues(
         as_dict,

@@ -1,5 +1,6 @@
-"""Scaling FedBiOT up: the server's engine (DeepSpeed ZeRO or DDP), the precision rules, and the
-start-up check that a config can run on this machine.
+"""Scaling FedBiOT up: the server's engine (DeepSpeed ZeRO or DDP) and the precision rules.
+
+Also the start-up check that a config can run on this machine.
 
 The server holds the full model (the frozen teacher of the alignment and the AdapFu model); it is the
 part that needs sharding. :class:`FedBiOTDeepSpeed` is Lightning's ``DeepSpeedStrategy`` set up for it,
@@ -63,8 +64,9 @@ def deepspeed_config(
     param_persistence_threshold: int = 100_000,
     pin_memory: bool = True,
 ) -> dict[str, Any]:
-    """The DeepSpeed config of the server's engine (a plain dict; Lightning adds the batch size,
-    gradient accumulation and clipping from the Trainer).
+    """The DeepSpeed config of the server's engine (a plain dict).
+
+    Lightning adds the batch size, gradient accumulation and clipping from the Trainer.
 
     No ``optimizer`` section (DeepSpeed takes the module's LoRA-only AdamW) and no ``bf16``/``fp16``
     section (the engine runs in float32 mode: it casts nothing, so bf16 base weights and float32 LoRA
@@ -112,7 +114,7 @@ def deepspeed_config_issues(stage: int, offload_parameters: bool, *sizes: int) -
         issues.append("offload_parameters needs stage 3 (ZeRO-2 does not partition the weights); set stage: 3 "
                       "or offload_parameters: false.")
     names = ("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size", "param_persistence_threshold")
-    for name, value in zip(names, sizes):
+    for name, value in zip(names, sizes, strict=False):  # a caller may check fewer sizes
         if not isinstance(value, int) or value < (0 if name == "param_persistence_threshold" else 1):
             issues.append(f"{name} must be a positive integer (elements), got {value!r}.")
     return issues
@@ -151,9 +153,12 @@ def _zero3_offload(engine: Any) -> Any:
 
 @contextmanager
 def lora_gathered(split: Any, writable: bool = False) -> Iterator[None]:
-    """Make every LoRA weight of ``split`` whole on this rank for the block (a collective under ZeRO-3:
-    every rank must enter). With ``writable`` the values at exit (rank 0's, which must equal every
-    other rank's) go back into the ZeRO partitions. Without ZeRO-3 it does nothing."""
+    """Make every LoRA weight of ``split`` whole on this rank for the block.
+
+    A collective under ZeRO-3: every rank must enter. With ``writable`` the values at exit (rank 0's,
+    which must equal every other rank's) go back into the ZeRO partitions. Without ZeRO-3 it does
+    nothing.
+    """
     params = [p for p in split.lora_parameters("all").values() if is_zero3_param(p)]
     if not params:
         yield
@@ -200,8 +205,10 @@ def compressed_model_gathered(engine: Any, split: Any) -> Iterator[None]:
 
 
 def client_phase(strategy: Strategy, split: Any) -> Any:
-    """The context the federated loop runs a round's client fits in: :func:`compressed_model_gathered`
-    under a ZeRO-3 :class:`DeepSpeedStrategy`, nothing otherwise."""
+    """The context the federated loop runs a round's client fits in.
+
+    :func:`compressed_model_gathered` under a ZeRO-3 :class:`DeepSpeedStrategy`, nothing otherwise.
+    """
     if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3 and is_zero3_param(
         next(iter(split.lora_parameters("all").values()))
     ):

@@ -36,6 +36,7 @@ class DecoderShape:
 
     @property
     def kv_dim(self) -> int:
+        """The width of the key and value projections: ``kv_heads`` heads of ``hidden // heads``."""
         return self.hidden // self.heads * self.kv_heads
 
     def linears(self) -> dict[str, tuple[int, int]]:
@@ -98,9 +99,12 @@ def flops_per_token(shape: DecoderShape, seq_len: int, plan: PassPlan, lora_rank
 
 
 def client_plan(compressed_layers: int, trained_layers: int, lowest_trained_from_top: int | None = None) -> PassPlan:
-    """A client step: forward through the whole compressed model, backward from the loss down to the
-    lowest trained layer (``lowest_trained_from_top`` layers counted from the top; default the
-    trained layers, i.e. a top adapter). FedAvg-LoRA: ``client_plan(n, n)``."""
+    """A client step: forward through the whole compressed model, backward down to the lowest trained layer.
+
+    Backward runs from the loss down to the lowest trained layer (``lowest_trained_from_top`` layers
+    counted from the top; default the trained layers, i.e. a top adapter). FedAvg-LoRA:
+    ``client_plan(n, n)``.
+    """
     down = trained_layers if lowest_trained_from_top is None else lowest_trained_from_top
     return PassPlan(compressed_layers, down, compressed_layers, trained_layers)
 

@@ -235,8 +235,11 @@ def _fire_handler(point: str, faults: Sequence[dict[str, Any]]) -> Callable[...,
 
 
 def _upload_handler(faults: Sequence[dict[str, Any]]) -> Callable[..., bytes | None]:
-    """The :func:`hooks.transform` handler of the ``upload`` faults: the damaged upload bytes (the
-    tensors decoded, damaged by :func:`corrupt_update` and encoded again with the same header metadata)."""
+    """The :func:`hooks.transform` handler of the ``upload`` faults: the damaged upload bytes.
+
+    The tensors are decoded, damaged by :func:`corrupt_update` and encoded again with the same header
+    metadata.
+    """
 
     def handler(payload: bytes, **context: Any) -> bytes | None:
         fault = _matching(faults, context)
@@ -281,7 +284,9 @@ def attach_faults(faults: Faults) -> Callable[[], None]:
 
 @contextlib.contextmanager
 def injected_faults(faults: Faults) -> Iterator[tuple[dict[str, Any], ...]]:
-    """``with injected_faults([...]):`` the faults are attached inside the block, and detached after it
+    """Attach the faults for the duration of a ``with`` block.
+
+    ``with injected_faults([...]):`` the faults are attached inside the block, and detached after it
     however it ends (an :class:`InjectedCrash` included).
 
     Args:

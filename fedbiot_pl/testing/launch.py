@@ -23,8 +23,10 @@ USAGE = "usage: python -m fedbiot_pl.testing.launch FAULTS [train.py arguments..
 
 
 def read_faults(spec: str) -> str:
-    """The faults JSON text of ``spec``: ``spec`` itself when it is JSON (starts with ``[`` or ``{``), else
-    the contents of the file ``spec`` names.
+    """The faults JSON text of ``spec``.
+
+    ``spec`` itself when it is JSON (starts with ``[`` or ``{``), else the contents of the file ``spec``
+    names.
 
     Raises:
         ValueError: ``spec`` is not JSON and names no readable file.

@@ -155,7 +155,7 @@ def first_difference(expected: Outputs, got: Outputs) -> str | None:
                     f"max |diff| {diff.max().item():.3g}")
     if len(expected.metrics) != len(got.metrics):
         return f"metrics.csv: {len(got.metrics)} rows, golden {len(expected.metrics)}"
-    for index, (want, have) in enumerate(zip(expected.metrics, got.metrics)):
+    for index, (want, have) in enumerate(zip(expected.metrics, got.metrics, strict=True)):
         if want != have:
             columns = [c for c in dict.fromkeys([*want, *have]) if want.get(c) != have.get(c)]
             shown = ", ".join(f"{c}: {have.get(c)!r} (golden {want.get(c)!r})" for c in columns[:3])
