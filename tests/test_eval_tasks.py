@@ -148,7 +148,7 @@ def test_a_registered_task_runs_through_evaluate_split(toy):
     assert [r["prompt"] for r in records] == ["Q: Capital of France?\nA:", "Q: 2+2?\nA:"]
     assert all(r["completions"] == [toy.clean(r["raw"][0])] for r in records)
     expected = sum(float(normalize_answer(r["completions"][0]) == normalize_answer(row["a"]))
-                   for r, row in zip(records, ROWS, strict=True)) / 2
+                   for r, row in zip(records, ROWS[:2], strict=True)) / 2
     assert result.metrics["adapemu"]["exact_match"] == pytest.approx(expected)
 
 

@@ -118,7 +118,7 @@ class LocalClients:
             log.debug("round %d: client %d failed", round_idx, client_id, exc_info=True)
             self.last_error = error  # the cause shown if the round then stops
             return ClientReply(client_id, math.nan, b"", f"fit raised {type(error).__name__}: {error}")
-        finally:
+        finally:  # also after a failed fit, where no module hook ran, and for any algorithm's client module
             for param in self.views.lora_parameters(self.algorithm.upload_part()).values():
                 param.grad = None
 
