@@ -186,7 +186,7 @@ class FederatedLoop(Callback):
     @property
     def algorithm_name(self) -> str:
         """The algorithm's config name (its class name if unregistered)."""
-        return self.algorithm.name or type(self.algorithm).__name__
+        return self.algorithm.label
 
     # ------------------------------------------------------------------ set-up and validation
     @override

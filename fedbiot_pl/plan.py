@@ -139,7 +139,7 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         tokens=micro_batch_tokens, dtype_bytes=DTYPES[dtype].itemsize,
     )
     return {
-        "algorithm": algorithm.name or type(algorithm).__name__,
+        "algorithm": algorithm.label,
         "model": {"name": model, "class": type(full).__name__, "num_layers": layout.num_full_layers,
                   "dtype": dtype},
         "split": {"adapter_layers": len(layout.top_adapter), "bottom_adapter_layers": len(layout.bottom_adapter),

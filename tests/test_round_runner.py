@@ -63,3 +63,13 @@ def test_fedavg_takes_no_server_steps_and_too_few_clients_stop_with_the_reasons(
     assert "fit raised RuntimeError: boom" in str(info.value)
     after = views.lora_state("adapter")  # the failed clients left nothing behind
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_subclass_of_a_registered_algorithm_is_named_by_its_class_path():
+    class Tweaked(FedAvgLoRA):
+        pass
+
+    assert FedAvgLoRA().label == "fedavg_lora" and FedBiOT().label == "fedbiot"
+    assert Tweaked().label == f"{__name__}.test_a_subclass_of_a_registered_algorithm_is_named_by_its_class_path" \
+        ".<locals>.Tweaked"
+    assert Tweaked.name == "fedavg_lora"  # inherited: the label, not the name, goes into configs and checkpoints

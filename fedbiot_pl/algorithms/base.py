@@ -124,6 +124,18 @@ class Algorithm:
         """Whether the server ever takes an optimizer step in a run with these pre-alignment rounds."""
         return pre_alignment_rounds > 0 or self.server_steps(0, 1) > 0
 
+    @property
+    def label(self) -> str:
+        """How configs and checkpoints name it: the registered name, else the class path.
+
+        A subclass of a registered algorithm inherits its ``name`` but is not that algorithm, so it is
+        named by its class path (what ``federated.algorithm`` takes to select it again).
+        """
+        cls = type(self)
+        if self.name and ALGORITHMS.get(self.name) is cls:
+            return self.name
+        return f"{cls.__module__}.{cls.__qualname__}"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -168,7 +180,7 @@ def resolve_algorithm(value: str | Algorithm | type[Algorithm] | dict[str, Any])
             raise ConfigError(f"federated.algorithm {value!r} is not a subclass of fedbiot_pl.algorithms.Algorithm.")
         return cls(**init_args)
     raise ConfigError(
-        f"unknown algorithm {value!r}; choose one of {sorted(ALGORITHMS)} or give the class_path of an "
+        f"unknown algorithm {value!r}; choose one of {sorted(ALGORITHMS)} or give the class_path of a "
         "fedbiot_pl.algorithms.Algorithm subclass."
     )
 

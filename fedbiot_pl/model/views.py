@@ -118,7 +118,7 @@ class ModelViews(nn.Module):
     def algorithm_name(self) -> str:
         """The config name of the layout's algorithm (its class name if unregistered)."""
         algorithm = self.algorithm or self._default_algorithm()
-        return algorithm.name or type(algorithm).__name__
+        return algorithm.label
 
     def use_algorithm(self, algorithm: Algorithm | str) -> ModelViews:
         """Lay the layers out as ``algorithm`` says (before :meth:`build`; again with the same one is fine).
@@ -131,7 +131,7 @@ class ModelViews(nn.Module):
         algorithm = resolve_algorithm(algorithm)
         if self.built and self.algorithm is not None and type(algorithm) is not type(self.algorithm):
             raise ConfigError(f"the views were built for {self.algorithm_name!r}; build new views for "
-                              f"{algorithm.name or type(algorithm).__name__!r}.")
+                              f"{algorithm.label!r}.")
         num_layers = getattr(self._config, "num_hidden_layers", None)
         try:
             layout = algorithm.layout(num_layers, self.layout_request)
