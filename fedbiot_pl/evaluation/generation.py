@@ -21,9 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
-from typing_extensions import override
 
 from fedbiot_pl.evaluation.choice_ranking import choice_logliks, choice_record, choice_scores, multiple_choice
 from fedbiot_pl.evaluation.eval_data import DEFAULT_DATA, build_prompts, read_eval_records
@@ -40,6 +38,7 @@ from fedbiot_pl.evaluation.tasks import Task, eval_task
 from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules.generation_module import GenerationModule, GenerationSettings, Variant, left_padded_batches
 from fedbiot_pl.quiet import expected_warnings
+from fedbiot_pl.scaling.keep_on_device import KeepOnDeviceStrategy
 
 __all__ = [
     "DEFAULT_DATA", "EvalResult", "Task", "build_prompts", "choice_logliks", "choice_record", "choice_scores",
@@ -61,27 +60,6 @@ def generation_dataloader(tokenizer: Any, prompts: Sequence[str], batch_size: in
     """
     return DataLoader(left_padded_batches(tokenizer, list(prompts), list(range(len(prompts))), batch_size),
                       batch_size=None)
-
-
-class _StayOnDevice(SingleDeviceStrategy):
-    """A single-device strategy that leaves the (shared) model where it is, at set-up and at teardown.
-
-    Lightning's ``Strategy.teardown`` moves the module to the CPU; the split evaluated here is the
-    one being trained (or served), so it must stay on its device.
-    """
-
-    @override
-    def model_to_device(self) -> None:
-        module = self.model
-        if any(t.device != self.root_device for t in [*module.parameters(), *module.buffers()]):
-            module.to(self.root_device)
-
-    @override
-    def teardown(self) -> None:
-        self.precision_plugin.teardown()
-        if self.accelerator is not None:
-            self.accelerator.teardown()
-        self.checkpoint_io.teardown()
 
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
@@ -131,7 +109,7 @@ def generate(split: ModelViews, tokenizer: Any, prompts: Sequence[str], variant:
         forked = [device.index if device.index is not None else torch.cuda.current_device()]
     with _quiet_predict(), torch.random.fork_rng(devices=forked, enabled=seed is not None):
         trainer = pl.Trainer(accelerator="cuda" if device.type == "cuda" else device.type,
-                             strategy=_StayOnDevice(device=device), devices=1, logger=False,
+                             strategy=KeepOnDeviceStrategy(device=device), devices=1, logger=False,
                              enable_model_summary=False, enable_progress_bar=False, enable_checkpointing=False)
         batches = trainer.predict(module, generation_dataloader(tokenizer, prompts, batch_size))
     return [item["completions"] for batch in batches for item in batch]
