@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +18,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from fedbiot_pl.evaluation import sandbox
 from fedbiot_pl.testing.faults import Faults, attach_faults
+from tests.helpers import sandbox_processes
 
 TINY = dict(
     vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
@@ -86,3 +91,26 @@ def faults() -> Iterator[AttachedFaults]:
     attached = AttachedFaults()
     yield attached
     attached.clear()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine two threads spin against other processes
+    (a 30x slow-down of these tiny models); results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def private_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Sandbox runs use this test's temp folder and uids no other test session uses; both are checked after."""
+    base = 1_000_000 + random.randrange(0, 1_000_000, sandbox.UID_SLOTS)
+    monkeypatch.setattr(sandbox, "UID_BASE", base)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    yield
+    assert sorted(p.name for p in scratch.iterdir()) in ([], ["fedbiot-sandbox-uids"]), "run folder left behind"
+    assert sandbox_processes(base) == [], "processes of the sandbox users left behind"

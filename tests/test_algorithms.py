@@ -13,11 +13,11 @@ from fedbiot_pl.model.losses import lora_param_proximal
 from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
 from tests.conftest import tiny_llama
+from tests.helpers import LORA_PER_LAYER
 from tests.toy_data import ToyFederatedData
 
 STORIES = "embedded:models/stories260K"
 # stories260K: q_proj 64->64 and v_proj 64->32 (4 KV heads x 8), r = 8
-LORA_PER_LAYER = (8 * 64 + 64 * 8) + (8 * 64 + 32 * 8)
 
 
 def run(algorithm: str, tmp_path, rounds: int = 2, pre_alignment_rounds: int = 0, data=None, split=None,

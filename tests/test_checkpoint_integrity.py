@@ -20,6 +20,8 @@ from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.testing.faults import InjectedCrash
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def save(folder: Path, name: str, epoch: int, value: float = 1.0) -> Path:
     path = folder / name
@@ -152,14 +154,6 @@ federated: {rounds: 2, pre_alignment_rounds: 1, local_steps: 1, align_steps: 1, 
 data: {task_path: "embedded:data/alpaca/alpaca_sample.json", max_task_examples: 12, max_public_examples: 6,
        batch_size: 2, max_length: 160, num_clients: 2}
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fit(root: Path, *extra: str):

@@ -4,7 +4,7 @@ import torch
 
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.federation.messages import LoRAState
-from tests.test_federated_loop import make_module, server_trainer
+from tests.helpers import make_module, server_trainer
 from tests.toy_data import ToyFederatedData
 
 

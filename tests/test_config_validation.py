@@ -7,7 +7,7 @@ from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.testing.faults import parse_faults
-from tests.test_federated_loop import make_module, server_trainer
+from tests.helpers import make_module, server_trainer
 from tests.toy_data import ToyFederatedData
 
 MODEL = "embedded:models/stories260K"  # 5 decoder layers

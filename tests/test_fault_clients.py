@@ -9,9 +9,10 @@ import torch
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.federation.attempts import TooFewClientsError
 from fedbiot_pl.federation.sampling import sample_clients
-from tests.test_federated_loop import LORA_PER_LAYER, SpyFedBiOT, make_module, server_trainer
-from tests.test_reliability_resume import one_thread  # noqa: F401  (an autouse fixture)
+from tests.helpers import LORA_PER_LAYER, SpyFedBiOT, make_module, server_trainer
 from tests.toy_data import ToyFederatedData
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ADAPTER_BYTES = 2 * LORA_PER_LAYER * 4  # two adapter layers of float32 LoRA
 FIRST_KEY_BYTES = 8 * 64 * 4  # the first key in sorted order: q_proj lora_A (8 x 64) of compressed layer 2

@@ -5,26 +5,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from fedbiot_pl.algorithms import FedBiOT
 from fedbiot_pl.callbacks import FederatedLoop
-from fedbiot_pl.model.views import ModelViews
-from fedbiot_pl.modules import EmulatorAlignmentModule
+from tests.helpers import LORA_PER_LAYER, SpyFedBiOT, make_module, server_trainer
 from tests.toy_data import ToyFederatedData
-
-# stories260K: q_proj 64->64 and v_proj 64->32 (4 KV heads x 8), r = 8
-LORA_PER_LAYER = (8 * 64 + 64 * 8) + (8 * 64 + 32 * 8)
-
-
-def server_trainer(tmp_path, loop, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     default_root_dir=tmp_path, callbacks=[loop, *kwargs.pop("callbacks", [])],
-                     enable_checkpointing=kwargs.pop("enable_checkpointing", False), **kwargs)
-
-
-def make_module(kl_weight: float = 1.0) -> EmulatorAlignmentModule:
-    # The real pretrained stories260K (5 layers): emulator = layers 0, 2; adapter = layers 3, 4.
-    split = ModelViews("embedded:models/stories260K", adapter_layers=2, drop_rate=0.2)
-    return EmulatorAlignmentModule(split, kl_weight=kl_weight, lr=1e-2)
 
 
 class RecordingLoop(FederatedLoop):
@@ -45,18 +28,6 @@ class RecordingLoop(FederatedLoop):
             return reply
 
         clients.run = recorded
-
-
-class SpyFedBiOT(FedBiOT):
-    """FedBiOT that records every aggregation (the algorithm object is the injection point)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def aggregate(self, uploads, weights):
-        out = super().aggregate(uploads, weights)
-        self.calls.append((uploads, list(weights), out))
-        return out
 
 
 def test_round_trains_clients_aggregates_and_counts_bytes(tmp_path):

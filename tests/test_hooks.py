@@ -26,7 +26,7 @@ from fedbiot_pl.testing.faults import (
     corrupt_update,
     injected_faults,
 )
-from tests.test_reliability_kill import PRE, ROUNDS, TINY, train
+from tests.helpers import PRE, ROUNDS, TINY_RUN, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION = ("train.py", "fedbiot_pl", "callbacks", "modules", "datamodules")  # fedbiot_pl/testing aside
@@ -181,8 +181,8 @@ def test_importing_production_modules_loads_no_testing_module_even_with_the_faul
 
 def tiny_one_round_config(folder: Path) -> Path:
     """tests/test_reliability_kill.py's tiny run, cut to one round without pre-alignment."""
-    text = TINY.replace(f"rounds: {ROUNDS}, pre_alignment_rounds: {PRE}", "rounds: 1, pre_alignment_rounds: 0")
-    assert text != TINY
+    text = TINY_RUN.replace(f"rounds: {ROUNDS}, pre_alignment_rounds: {PRE}", "rounds: 1, pre_alignment_rounds: 0")
+    assert text != TINY_RUN
     (config := folder / "tiny.yaml").write_text(text)
     return config
 

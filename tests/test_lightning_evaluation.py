@@ -31,13 +31,7 @@ from tests.toy_data import ToyFederatedData, counting_batch
 
 DOLLY = "embedded:data/dolly/dolly_sample.jsonl"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli_args(folder, *extra):

@@ -13,23 +13,14 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-PRE, ROUNDS, CLIENTS, STEPS = 1, 3, 3, 2  # epochs 0..3; 2 client and 2 alignment batches each
-TINY = f"""
-trainer: {{enable_progress_bar: false, enable_model_summary: false, accumulate_grad_batches: 1}}
-federated: {{rounds: {ROUNDS}, pre_alignment_rounds: {PRE}, local_steps: {STEPS}, align_steps: {STEPS},
-            client_accumulate_grad_batches: 1}}
-data: {{task_path: "embedded:data/alpaca/alpaca_sample.json", max_task_examples: 40, max_public_examples: 20,
-       batch_size: 2, max_length: 160, num_clients: {CLIENTS}}}
-"""
+from tests.helpers import CLIENTS, PRE, ROUNDS, STEPS, TINY_RUN, train
+
 PHASES = ("client_step", "align_step", "file_write")
 
 
@@ -54,16 +45,6 @@ def kill_points(seed: int, per_kind: int = 2) -> list[dict]:
     return [points[key] for key in sorted(points)]
 
 
-def train(save_dir: Path, config: Path, faults: list[dict], resume: bool) -> subprocess.Popen:
-    """``train.py fit`` on ``config`` in a subprocess; with ``faults``, through the fault launcher."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    entry = ["-m", "fedbiot_pl.testing.launch", json.dumps(faults)] if faults else ["train.py"]
-    args = [sys.executable, *entry, "fit", "--config", "configs/default.yaml", "--config", str(config),
-            "--trainer.default_root_dir", str(save_dir), "--trainer.logger.init_args.save_dir", str(save_dir)]
-    return subprocess.Popen(args + (["--ckpt_path", "last"] if resume else []), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def metric_rows(run: Path) -> list[dict]:
     with open(run / "metrics.csv") as file:
         return [{k: v for k, v in row.items() if k != "round/client_seconds"} for row in csv.DictReader(file)]
@@ -79,7 +60,7 @@ def summary(run: Path) -> dict:
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
+    config.write_text(TINY_RUN)
     reference = train(tmp_path / "reference", config, [], resume=False)  # runs alongside the killed chain
 
     remaining, survived = kill_points(seed=3), []

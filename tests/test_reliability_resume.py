@@ -23,15 +23,7 @@ from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.testing.faults import InjectedCrash
 from tests.toy_data import ToyFederatedData
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against other processes
-    (a 30x slow-down of these tiny models); results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class EpochOrderedData(ToyFederatedData):

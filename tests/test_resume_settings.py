@@ -99,14 +99,6 @@ def fit(root: Path, *extra: str):
                  "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root), *extra])
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_cli_resume_with_another_split_is_refused_and_with_more_rounds_continues(tmp_path, capsys, one_thread):
     fit(tmp_path / "run")  # 1 round, adapter_layers 2, lora_r 8

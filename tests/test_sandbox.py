@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,44 +10,9 @@ import pytest
 
 from fedbiot_pl.evaluation import sandbox
 from fedbiot_pl.evaluation.sandbox import ExecutionResult, Limits, check_completions, run_program, run_programs
+from tests.helpers import PROBLEM, SYSTEM_PYTHON, needs_root, sandbox_processes
 
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="dropping to an unprivileged uid needs root")
-SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
-
-PROBLEM = {
-    "prompt": "def add(a: int, b: int) -> int:\n    \"\"\"Sum of a and b.\"\"\"\n",
-    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
-    "entry_point": "add",
-}
-
-
-@pytest.fixture(autouse=True)
-def private_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Runs use this test's temp folder and uids no other test session uses; both are checked after."""
-    base = 1_000_000 + random.randrange(0, 1_000_000, sandbox.UID_SLOTS)
-    monkeypatch.setattr(sandbox, "UID_BASE", base)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    yield
-    assert sorted(p.name for p in scratch.iterdir()) in ([], ["fedbiot-sandbox-uids"]), "run folder left behind"
-    assert sandbox_processes(base) == [], "processes of the sandbox users left behind"
-
-
-def sandbox_processes(base: int) -> list[int]:
-    """Pids of live processes whose real uid is one of the sandbox uids from ``base``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            uid_line = next(line for line in Path(f"/proc/{entry}/status").read_text().splitlines()
-                            if line.startswith("Uid:"))
-        except (OSError, StopIteration):
-            continue
-        if base <= int(uid_line.split()[1]) < base + sandbox.UID_SLOTS:
-            found.append(int(entry))
-    return found
-
+pytestmark = pytest.mark.usefixtures("private_host")  # tests/conftest.py
 
 FIVE_SECONDS = Limits(timeout_s=5)
 

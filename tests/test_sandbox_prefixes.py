@@ -22,7 +22,9 @@ import pytest
 
 from fedbiot_pl.evaluation import sandbox
 from fedbiot_pl.evaluation.sandbox import Limits
-from tests.test_sandbox import PROBLEM, SYSTEM_PYTHON, needs_root, private_host  # noqa: F401 - autouse fixture
+from tests.helpers import PROBLEM, SYSTEM_PYTHON, needs_root
+
+pytestmark = pytest.mark.usefixtures("private_host")  # tests/conftest.py
 
 GOOD, RAISING = "    return a + b\n", "    raise KeyError(f'no sum of {a} and {b}')\n"
 EXPECTED = [(True, "passed", ""), (False, "failed", "KeyError: 'no sum of 2 and 3'")]

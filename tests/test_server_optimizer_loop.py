@@ -5,7 +5,7 @@ import torch
 from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.cli import read_config
 from fedbiot_pl.federation.server_optimizers import FedAdam, ServerSGD
-from tests.test_federated_loop import make_module, server_trainer
+from tests.helpers import make_module, server_trainer
 from tests.toy_data import ToyFederatedData
 
 

@@ -22,21 +22,15 @@ from fedbiot_pl.datamodules.epoch_sampler import EpochShuffleSampler
 from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules import EmulatorAlignmentModule
 from fedbiot_pl.testing.faults import InjectedCrash
+from tests.helpers import LORA_PER_LAYER
 from tests.toy_data import ToyFederatedData
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
 
-LORA_PER_LAYER = (8 * 64 + 64 * 8) + (8 * 64 + 32 * 8)  # stories260K q_proj + v_proj, r = 8
 DOWN = 3 * 4 * LORA_PER_LAYER * 4  # emulator + adapter LoRA (4 layers, fp32) to 3 clients
 UP = 3 * 2 * LORA_PER_LAYER * 4  # adapter LoRA (2 layers) from 3 clients
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_reliability_resume.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class EpochOrderedData(ToyFederatedData):
