@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Sampler
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 from fedbiot_pl.data.partition_report import PartitionTable, format_partition_table, partition_table, write_report
@@ -29,7 +29,7 @@ from fedbiot_pl.data.tokenization import InstructionCollator, ensure_pad_token, 
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluation.generation import read_eval_records
 from fedbiot_pl.evaluation.settings import DEFAULT_EVALUATION, EvaluationSettings, evaluation_batches
-from fedbiot_pl.model.location import model_location
+from fedbiot_pl.model.location import load_tokenizer
 
 from .client_shards import (
     argument_problems,
@@ -330,11 +330,8 @@ class FederatedInstructionDataModule(LightningDataModule):
         return rows, check_source(source, rows)
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
-        """Load :attr:`tokenizer_name`, offline when it is a local folder."""
-        location = model_location(self.tokenizer_name, needs_config=False)
-        if Path(location).is_dir():
-            return AutoTokenizer.from_pretrained(location, local_files_only=True)
-        return AutoTokenizer.from_pretrained(location)
+        """Load :attr:`tokenizer_name` (a ``.gguf`` file too), offline when it is local."""
+        return load_tokenizer(self.tokenizer_name)
 
     def _client_examples(self, client_id: int) -> datasets.Dataset:
         """The training shard of ``client_id``, after validating the id."""

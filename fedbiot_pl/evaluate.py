@@ -19,7 +19,7 @@ import yaml
 from fedbiot_pl.artifacts.export import atomic_write
 from fedbiot_pl.evaluation.generation import DEFAULT_DATA, EvalResult, evaluate_split, read_eval_records
 from fedbiot_pl.evaluation.tasks import EVAL_TASKS, eval_task
-from fedbiot_pl.model.location import model_location
+from fedbiot_pl.model.location import load_tokenizer
 from fedbiot_pl.modules.generation_module import GenerationSettings
 
 
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         import torch
-        from transformers import AutoTokenizer
 
         from fedbiot_pl.artifacts.run_artifacts import load_run_lora
 
@@ -116,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split.build(device=device)
     split.load_lora_state(lora)
-    path = model_location(tokenizer_name, needs_config=False)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())
+    tokenizer = load_tokenizer(tokenizer_name)
     result = evaluate_split(split, tokenizer, args.task, rows, variants, settings, args.batch_size,
                             args.shots, args.seed, ks, device)
     out = run / "eval"

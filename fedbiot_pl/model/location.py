@@ -15,8 +15,9 @@ from fedbiot_pl.errors import MissingPathError
 
 MODEL_FORMS = (
     "a model argument is a Hugging Face hub id (e.g. meta-llama/Llama-2-7b-hf), a local folder holding "
-    f"config.json, or an embedded name ({EMBEDDED_PREFIX}models/stories260K)"
+    f"config.json, a .gguf file, or an embedded name ({EMBEDDED_PREFIX}models/stories260K)"
 )
+GGUF_HINT = "pip install 'fedbiot-pl[gguf]'"
 
 
 def looks_local(name: str) -> bool:
@@ -25,7 +26,7 @@ def looks_local(name: str) -> bool:
     Absolute, ``./``, ``../``, ``~``, a ``.json`` file, or more than one ``/`` (a hub id is ``name`` or
     ``namespace/name``).
     """
-    return name.startswith((os.sep, ".", "~")) or name.count("/") > 1 or name.endswith(".json")
+    return name.startswith((os.sep, ".", "~")) or name.count("/") > 1 or name.endswith((".json", ".gguf"))
 
 
 def model_location(model: str, needs_config: bool = True) -> str:
@@ -50,6 +51,31 @@ def model_location(model: str, needs_config: bool = True) -> str:
     return path
 
 
+def model_source(model: str, needs_config: bool = True) -> tuple[str, dict[str, str]]:
+    """What ``from_pretrained`` takes for ``model``: the path (or hub id) and the extra keyword arguments.
+
+    A ``.gguf`` file becomes its folder and ``{"gguf_file": <file name>}`` (transformers de-quantises
+    its weights; the ``gguf`` package must be installed); anything else is :func:`model_location`'s
+    path and ``{}``.
+
+    Raises:
+        MissingPathError: the ``.gguf`` file does not exist (or as :func:`model_location`).
+        ConfigError: a ``.gguf`` file without the ``gguf`` package, naming the install command.
+    """
+    path = os.path.expanduser(resolve(model))
+    if not path.lower().endswith(".gguf"):
+        return model_location(model, needs_config), {}
+    if not os.path.isfile(path):
+        raise MissingPathError(f"model={model!r}: {path} does not exist; {MODEL_FORMS}.")
+    from importlib.util import find_spec
+
+    if find_spec("gguf") is None:
+        from fedbiot_pl.errors import ConfigError
+
+        raise ConfigError(f"model={model!r} is a GGUF file, which needs the gguf package: {GGUF_HINT}.")
+    return os.path.dirname(os.path.abspath(path)), {"gguf_file": os.path.basename(path)}
+
+
 def unloadable(model: str, error: Exception) -> MissingPathError:
     """The error for a hub-id-shaped ``model`` that transformers could not load.
 
@@ -70,10 +96,22 @@ def load_model_config(model: str) -> Any:
     """
     from transformers import AutoConfig
 
-    path = model_location(model)
+    path, extra = model_source(model)
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=os.path.exists(path))
+        return AutoConfig.from_pretrained(path, local_files_only=os.path.exists(path), **extra)
     except (OSError, ValueError) as error:
         if not os.path.exists(path):
             raise unloadable(model, error) from error
         raise OSError(f"cannot load the model config of {model!r}: {error}") from None
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of ``name`` (hub id, folder, ``.gguf`` file or ``embedded:`` name), offline when local.
+
+    Raises:
+        MissingPathError: a local path that does not exist.
+    """
+    from transformers import AutoTokenizer
+
+    path, extra = model_source(name, needs_config=False)
+    return AutoTokenizer.from_pretrained(path, local_files_only=os.path.isdir(path), **extra)

@@ -28,7 +28,7 @@ from fedbiot_pl.assets import DEFAULT_MODEL
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.assembly import assemble, decoder_of, share_copy
 from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
-from fedbiot_pl.model.location import load_model_config, model_location
+from fedbiot_pl.model.location import load_model_config, model_source
 from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, no_library_progress_bars
 
 Part = Literal["emulator", "adapter", "all"]
@@ -260,10 +260,11 @@ class ModelViews(nn.Module):
     def _load_full(self, device: torch.device | str | None) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        path = model_location(self.model_name)
+        path, extra = model_source(self.model_name)  # a .gguf file: its folder + gguf_file (de-quantised)
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=DTYPES[self.dtype_name], local_files_only=os.path.isdir(path),
             device_map=None if device is None else {"": device}, attn_implementation=self.attn_implementation,
+            **extra,
         )
 
     def _collect_lora(self) -> dict[str, tuple[int, nn.Parameter]]:
