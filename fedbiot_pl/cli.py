@@ -58,6 +58,11 @@ TRACEBACK_ENV = "FEDBIOT_TRACEBACK"
 USER_ERRORS = (ConfigError, TooFewClientsError)
 
 
+def tokenizer_of(model: str, gguf_file: str | None = None) -> str:
+    """The clients' tokenizer: the model's own (a GGUF model's is inside its file)."""
+    return os.path.join(model, gguf_file) if gguf_file else model
+
+
 class FedBiOTCLI(LightningCLI):
     """LightningCLI with a ``federated:`` section (the :class:`FederatedLoop` callback)."""
 
@@ -72,7 +77,8 @@ class FedBiOTCLI(LightningCLI):
              "checkpoint.filename": "round-{epoch}", "checkpoint.enable_version_counter": False}
         )
         # The clients' tokenizer is the model's.
-        parser.link_arguments("model.split.init_args.model", "data.tokenizer")
+        parser.link_arguments(("model.split.init_args.model", "model.split.init_args.gguf_file"), "data.tokenizer",
+                              compute_fn=tokenizer_of)
         # The algorithm (federated.algorithm) lays out the model views when the loop sets up.
         parser.link_arguments("seed_everything", "federated.seed")
         parser.link_arguments("seed_everything", "data.seed")

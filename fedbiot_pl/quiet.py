@@ -76,3 +76,21 @@ def quiet_lightning_cli() -> None:
     for pattern in (*LIGHTNING_NOISE, *NO_ALIGNMENT_WARNINGS):  # the CLI's server module is always ours
         warnings.filterwarnings("ignore", message=pattern)
 
+
+
+@contextmanager
+def no_gguf_progress_bar() -> Iterator[None]:
+    """Silence transformers' per-tensor bar while it de-quantises a GGUF file, then restore it.
+
+    It is a plain ``tqdm`` that transformers' own progress-bar switch does not reach.
+    """
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original

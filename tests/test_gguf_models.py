@@ -57,3 +57,24 @@ def test_the_gguf_model_builds_and_adapfu_with_fresh_lora_is_the_full_model():
     ids = load_tokenizer(str(GGUF))("Paris is the capital of", return_tensors="pt")["input_ids"]
     with torch.no_grad():  # peft starts B at 0: AdapFu (full layers + adapter LoRA) is the full model
         assert torch.equal(views.full_with_adapter(input_ids=ids).logits, views.full(input_ids=ids).logits)
+
+
+def test_a_folder_plus_gguf_file_is_the_same_model_and_gives_the_tokenizer_too():
+    from fedbiot_pl.cli import DEFAULT_CONFIG, read_config
+    from fedbiot_pl.model.views import ModelViews
+
+    config = read_config([DEFAULT_CONFIG], ["--model.split.init_args.model=models/smol",
+                                            "--model.split.init_args.gguf_file=smol.gguf"])
+    assert config.data.tokenizer == "models/smol/smol.gguf"  # the clients' tokenizer is the file's
+    assert read_config([DEFAULT_CONFIG]).data.tokenizer == "embedded:models/stories260K"
+    with pytest.raises(ConfigError, match=r"model='m\.gguf' is a \.gguf file already; leave gguf_file"):
+        ModelViews("m.gguf", gguf_file="other.gguf")
+
+
+@pytest.mark.slow
+@needs_gguf
+def test_folder_plus_gguf_file_reads_the_real_model():
+    from fedbiot_pl.model.views import ModelViews
+
+    views = ModelViews(str(GGUF.parent), gguf_file=GGUF.name, adapter_layers=4, drop_rate=0.2)
+    assert views.model_name == str(GGUF) and views.layout.top_adapter == (26, 27, 28, 29)

@@ -19,6 +19,7 @@ import copy
 import os
 import re
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -29,7 +30,12 @@ from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.assembly import assemble, decoder_of, share_copy
 from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
 from fedbiot_pl.model.location import load_model_config, model_source
-from fedbiot_pl.quiet import GRADIENT_CHECKPOINTING_WARNING, expected_warnings, no_library_progress_bars
+from fedbiot_pl.quiet import (
+    GRADIENT_CHECKPOINTING_WARNING,
+    expected_warnings,
+    no_gguf_progress_bar,
+    no_library_progress_bars,
+)
 
 Part = Literal["emulator", "adapter", "all"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +69,8 @@ class ModelViews(nn.Module):
         attn_implementation: attention kernel of the loaded model (``sdpa`` = PyTorch's
             scaled-dot-product attention; ``eager``; ``flash_attention_2`` if installed).
         gradient_checkpointing: recompute the activations of the trained layers in backward.
+        gguf_file: a GGUF file inside the folder ``model`` (the same as giving ``model`` as the
+            ``.gguf`` file's path).
     """
 
     def __init__(
@@ -78,8 +86,13 @@ class ModelViews(nn.Module):
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         attn_implementation: str = "sdpa",
         gradient_checkpointing: bool = False,
+        gguf_file: str | None = None,
     ) -> None:
         super().__init__()
+        if gguf_file is not None:
+            if str(model).lower().endswith(".gguf"):
+                raise ConfigError(f"model={model!r} is a .gguf file already; leave gguf_file ({gguf_file!r}) unset.")
+            model = os.path.join(model, gguf_file)
         from fedbiot_pl.algorithms.base import LayoutRequest
 
         self.model_name = model
@@ -261,11 +274,12 @@ class ModelViews(nn.Module):
         from transformers import AutoModelForCausalLM
 
         path, extra = model_source(self.model_name)  # a .gguf file: its folder + gguf_file (de-quantised)
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[self.dtype_name], local_files_only=os.path.isdir(path),
-            device_map=None if device is None else {"": device}, attn_implementation=self.attn_implementation,
-            **extra,
-        )
+        with no_gguf_progress_bar() if extra else nullcontext():
+            return AutoModelForCausalLM.from_pretrained(
+                path, dtype=DTYPES[self.dtype_name], local_files_only=os.path.isdir(path),
+                device_map=None if device is None else {"": device}, attn_implementation=self.attn_implementation,
+                **extra,
+            )
 
     def _collect_lora(self) -> dict[str, tuple[int, nn.Parameter]]:
         """Map each peft state-dict key to (compressed-layer position, live parameter)."""
