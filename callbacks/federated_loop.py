@@ -164,17 +164,12 @@ class FederatedLoop(Callback):
             issues.append(f"server_optimizer: {error}")
         if issues:
             raise ConfigError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
-        self.rounds, self.pre_alignment_rounds = rounds, pre_alignment_rounds
-        self.align_steps, self.local_steps = align_steps, local_steps
-        self.client_accumulate_grad_batches = client_accumulate_grad_batches
-        self.clients_per_round = clients_per_round
+        self.rounds, self.pre_alignment_rounds, self.align_steps = rounds, pre_alignment_rounds, align_steps
         self.client_optim = ClientOptim(client_lr, tuple(client_betas), client_weight_decay, proximal_weight)
         self.client_fit = ClientFitSettings(local_steps, client_accumulate_grad_batches, client_time_limit)
         self.round_settings = RoundSettings(clients_per_round, seed, weighting, min_clients, on_too_few,
                                             max_round_retries, max_update_norm)
-        self.weighting, self.seed = weighting, seed
         self.export_final_adapter, self.plot_training = export_final_adapter, plot_training
-        self.min_clients = min_clients
         self.ledger = CommLedger()
         self.history: list[dict[str, Any]] = []
         self.runner: RoundRunner | None = None
@@ -185,8 +180,23 @@ class FederatedLoop(Callback):
 
     @property
     def algorithm_name(self) -> str:
-        """The algorithm's config name (its class name if unregistered)."""
+        """The algorithm's config name (its class path if unregistered)."""
         return self.algorithm.label
+
+    @property
+    def seed(self) -> int:
+        """Seed of client sampling and of the clients' random numbers (:attr:`round_settings`)."""
+        return self.round_settings.seed
+
+    @property
+    def clients_per_round(self) -> int | float | None:
+        """Clients sampled per round: ``None`` (all), a count or a fraction (:attr:`round_settings`)."""
+        return self.round_settings.clients_per_round
+
+    @property
+    def local_steps(self) -> int:
+        """Client optimizer steps per round (:attr:`client_fit`)."""
+        return self.client_fit.local_steps
 
     # ------------------------------------------------------------------ set-up and validation
     @override
@@ -215,9 +225,10 @@ class FederatedLoop(Callback):
         else:
             try:
                 per_round = clients_per_round(datamodule.num_clients, self.clients_per_round)
-                if self.min_clients > per_round:
+                min_clients = self.round_settings.min_clients
+                if min_clients > per_round:
                     issues.append(
-                        f"min_clients={self.min_clients} exceeds the {per_round} clients sampled per round; "
+                        f"min_clients={min_clients} exceeds the {per_round} clients sampled per round; "
                         f"lower min_clients or raise clients_per_round."
                     )
             except ValueError as error:

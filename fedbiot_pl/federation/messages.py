@@ -96,13 +96,13 @@ def decode_message(payload: bytes, expected: type[Message] | None = None) -> Mes
     Raises:
         ValueError: not safetensors, an unknown kind, or not the ``expected`` kind.
     """
-    kind = payload_metadata(payload).get(KIND_KEY)
+    metadata = payload_metadata(payload)
+    kind = metadata.pop(KIND_KEY, None)
     cls = MESSAGE_KINDS.get(kind or "")
     if cls is None:
         raise ValueError(f"unknown message kind {kind!r}; known: {sorted(MESSAGE_KINDS)}")
     if expected is not None and cls is not expected:
         raise ValueError(f"a {kind!r} message where a {expected.kind!r} message was expected")
-    metadata = {k: v for k, v in payload_metadata(payload).items() if k != KIND_KEY}
     return cls(decode_update(payload), metadata)
 
 

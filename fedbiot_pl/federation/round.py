@@ -126,7 +126,7 @@ class RoundRunner:
             # The upload's reference: what the clients received of the part they train.
             global_part = {key: state[key] for key in self.views.lora_parameters(self.algorithm.upload_part())}
             result = RoundAttempt(attempt, clients, reference={k: v.cpu() for k, v in global_part.items()})
-            client_fn = partial(self._client, round_idx=round_idx, attempt=attempt)
+            client_fn = partial(self.clients.run, round_idx=round_idx, attempt=attempt)
             for reply in self.transport.exchange(clients, LoRAState(state).encode(), client_fn):
                 self._receive(result, reply, round_idx)
             attempts.append(result)
@@ -137,9 +137,6 @@ class RoundRunner:
                         round_idx, attempt + 1, len(result.uploads), settings.min_clients)
         message = too_few_message(round_idx, attempts, settings.min_clients, settings.on_too_few)
         raise TooFewClientsError(message) from self.clients.last_error
-
-    def _client(self, client_id: int, broadcast: bytes, round_idx: int, attempt: int) -> Any:
-        return self.clients.run(client_id, broadcast, round_idx, attempt)
 
     def _receive(self, result: RoundAttempt, reply: Any, round_idx: int) -> None:
         """Drop, reject or accept one client's reply (every rank does this for every client, in order)."""

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedbiot_pl.federation.messages import LoRAState, decode_message
+
 _SHOWN = 3  # keys named per problem; the rest are counted
 
 
@@ -80,8 +82,6 @@ def receive_update(
         ``(update, None)`` for an acceptable update; ``(update, reason)`` for a decoded but invalid
         one (see :func:`update_problem`); ``(None, reason)`` for a payload that is not a LoRA message.
     """
-    from fedbiot_pl.federation.messages import LoRAState, decode_message
-
     try:
         message = decode_message(payload, LoRAState)
     except ValueError as error:

@@ -129,7 +129,7 @@ class ModelViews(nn.Module):
 
     @property
     def algorithm_name(self) -> str:
-        """The config name of the layout's algorithm (its class name if unregistered)."""
+        """The config name of the layout's algorithm (its class path if unregistered)."""
         algorithm = self.algorithm or self._default_algorithm()
         return algorithm.label
 
@@ -151,7 +151,7 @@ class ModelViews(nn.Module):
         except ValueError as error:
             raise ConfigError(f"Invalid {type(self).__name__} for {self.model_name!r}: {error}") from error
         if self.built and layout != self._layout:
-            raise ConfigError(f"the views were built with another layout than {algorithm.name!r} makes.")
+            raise ConfigError(f"the views were built with another layout than {algorithm.label!r} makes.")
         self.algorithm, self._layout = algorithm, layout
         return self
 

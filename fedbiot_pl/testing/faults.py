@@ -40,17 +40,15 @@ import json
 import numbers
 import os
 import signal
-import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 from fedbiot_pl import hooks
+from fedbiot_pl.federation.messages import decode_update, encode_update, payload_metadata
 
 Faults = str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 """What :func:`parse_faults` and :func:`attach_faults` take: JSON text, one fault, or a list of faults."""
@@ -212,12 +210,6 @@ def corrupt_update(state: Mapping[str, Tensor], fault: Mapping[str, Any]) -> dic
     return state
 
 
-def _metadata(payload: bytes) -> dict[str, str] | None:
-    """The string metadata in the header of the safetensors ``payload`` (``None``: none)."""
-    (length,) = struct.unpack("<Q", payload[:8])
-    return json.loads(payload[8:8 + length]).get("__metadata__") or None
-
-
 def _fire_handler(point: str, faults: Sequence[dict[str, Any]]) -> Callable[..., None]:
     """The :func:`hooks.fire` handler of ``point``'s faults."""
 
@@ -249,8 +241,8 @@ def _upload_handler(faults: Sequence[dict[str, Any]]) -> Callable[..., bytes | N
         if fault["action"] not in CORRUPTIONS:
             return None
         payload = bytes(payload)
-        damaged = corrupt_update(safetensors_load(payload), fault)
-        return damaged if isinstance(damaged, bytes) else safetensors_save(damaged, metadata=_metadata(payload))
+        damaged = corrupt_update(decode_update(payload), fault)
+        return damaged if isinstance(damaged, bytes) else encode_update(damaged, payload_metadata(payload))
 
     return handler
 
