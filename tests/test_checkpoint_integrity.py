@@ -164,7 +164,7 @@ def fit(root: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A whole tiny run: epochs 0 (pre-alignment), 1 and 2 (rounds 0 and 1), a checkpoint after each."""
+    """A whole tiny run: epochs 0 (pre-alignment), 1 and 2 (rounds 1 and 2): round-0001.ckpt, round-0002.ckpt, last."""
     root = tmp_path_factory.mktemp("run")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -179,17 +179,17 @@ def test_cli_resume_last_skips_damaged_checkpoints_and_finishes_the_run(finished
     checkpoints = tmp_path / "fedbiot" / "version_0" / "checkpoints"
     expected = torch.load(checkpoints / "last.ckpt", weights_only=True)["state_dict"]
     truncate(checkpoints / "last.ckpt", 40_000)  # what made fsspec's seek fail with Errno 22
-    flip_byte(checkpoints / "round-epoch=2.ckpt")
+    flip_byte(checkpoints / "round-0002.ckpt")
     with caplog.at_level(logging.WARNING):
         cli = fit(tmp_path, "--ckpt_path", "last")
-    assert cli.trainer.ckpt_path == str(checkpoints / "round-epoch=1.ckpt")
+    assert cli.trainer.ckpt_path == str(checkpoints / "round-0001.ckpt")
     assert f"{checkpoints / 'last.ckpt'} is damaged" in caplog.text and "(epoch 1)" in caplog.text
     loop = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "FederatedLoop")
     assert loop._resumed_epoch == 1 and [entry["round"] for entry in loop.history] == [0, 1]
     # the run finished: epoch 2 redone to the same weights, its checkpoints rewritten intact
     assert cli.trainer.current_epoch == 3 and (tmp_path / "fedbiot" / "version_0" / "final_adapter").is_dir()
     assert checkpoint_problem(checkpoints / "last.ckpt") is None
-    assert checkpoint_problem(checkpoints / "round-epoch=2.ckpt") is None
+    assert checkpoint_problem(checkpoints / "round-0002.ckpt") is None
     got = torch.load(checkpoints / "last.ckpt", weights_only=True)
     assert got["epoch"] == 2 and all(torch.equal(expected[k], got["state_dict"][k]) for k in expected)
 
@@ -198,12 +198,12 @@ def test_cli_resume_last_skips_damaged_checkpoints_and_finishes_the_run(finished
 def test_cli_damaged_explicit_checkpoint_exits_naming_it(finished_run, tmp_path, capsys):
     shutil.copytree(finished_run / "fedbiot", tmp_path / "fedbiot")
     checkpoints = tmp_path / "fedbiot" / "version_0" / "checkpoints"
-    truncate(checkpoints / "round-epoch=1.ckpt", 40_000)
+    truncate(checkpoints / "round-0001.ckpt", 40_000)
     before = sorted(os.listdir(checkpoints))
     with pytest.raises(SystemExit) as exit_info:
-        fit(tmp_path, "--ckpt_path", str(checkpoints / "round-epoch=1.ckpt"))
+        fit(tmp_path, "--ckpt_path", str(checkpoints / "round-0001.ckpt"))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
-    assert f"Checkpoint {checkpoints / 'round-epoch=1.ckpt'} is damaged: its SHA-256" in err
-    assert f"--ckpt_path {checkpoints / 'round-epoch=2.ckpt'} (epoch 2)" in err
+    assert f"Checkpoint {checkpoints / 'round-0001.ckpt'} is damaged: its SHA-256" in err
+    assert f"--ckpt_path {checkpoints / 'round-0002.ckpt'} (epoch 2)" in err
     assert sorted(os.listdir(checkpoints)) == before  # nothing written, nothing started

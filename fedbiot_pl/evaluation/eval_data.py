@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.evaluation.records import read_records
 from fedbiot_pl.evaluation.tasks import EVAL_TASKS, Task, eval_task
 
 
@@ -37,6 +36,9 @@ DEFAULT_DATA: Mapping[str, str] = _DefaultData()
 def read_eval_records(task: Task, path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of a ``.jsonl``/``.jsonl.gz`` (or JSON list) file, checked for the task's fields.
 
+    The task reads the file (:meth:`~fedbiot_pl.evaluation.task_base.EvalTask.read_rows`): ``helm``
+    reads a suite file of HELM raw files instead.
+
     Args:
         task: The task name.
         path: The file (or ``embedded:...``).
@@ -54,7 +56,7 @@ def read_eval_records(task: Task, path: str, limit: int | None = None) -> list[d
     file = Path(resolve(path))
     if not file.is_file():
         raise FileNotFoundError(f"evaluation data {path!r} does not exist (looked for {file}).")
-    numbered = read_records(file)
+    numbered = spec.read_rows(file)
     numbered = numbered[:limit] if limit else numbered
     for number, row in numbered:
         problem = spec.check_row(row)

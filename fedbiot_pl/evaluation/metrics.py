@@ -27,6 +27,7 @@ from torchmetrics import Metric
 
 from fedbiot_pl.evaluation.math_answers import is_correct
 from fedbiot_pl.evaluation.pass_at_k import pass_at_k
+from fedbiot_pl.evaluation.prompts import strip_chat_tail
 from fedbiot_pl.evaluation.sandbox import ExecutionResult, Language, Limits, check_completions
 
 References = Sequence[str | Sequence[str]]
@@ -137,20 +138,25 @@ class GSM8KAccuracy(_Average):
     Args:
         numeric: Compare answer values instead of strings (``"18.0"`` counts for ``"18"``); the
             paper's protocol, the default, compares strings.
+        cut_next_turn: Read the answer only from the text before a new ``### Instruction:`` turn
+            (the default). ``False`` reads the whole completion, as the authors' code does: there, a
+            completion whose real answer lacks "The answer is" is scored by the last number of
+            whatever the model invents after it.
     """
 
-    def __init__(self, numeric: bool = False, **kwargs) -> None:
+    def __init__(self, numeric: bool = False, cut_next_turn: bool = True, **kwargs) -> None:
         """Empty state; ``kwargs`` go to :class:`torchmetrics.Metric`."""
         super().__init__(**kwargs)
-        self.numeric = numeric
+        self.numeric, self.cut_next_turn = numeric, cut_next_turn
 
     def update(self, predictions: Sequence[str], references: Sequence[str]) -> None:
         """Add model outputs and their gold solutions (containing ``"#### <number>"``) or bare numbers."""
         _same_length(predictions, references)
         scores = []
         for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
+            text = strip_chat_tail(prediction) if self.cut_next_turn else prediction
             try:
-                scores.append(float(is_correct(prediction, reference, numeric=self.numeric)))
+                scores.append(float(is_correct(text, reference, numeric=self.numeric)))
             except ValueError as error:
                 raise ValueError(f"Reference {index}: {error}") from error
         self._add(scores)
@@ -242,13 +248,21 @@ class PassAtK(Metric):
                 raise ValueError(f"No problem given for task ids {missing[:5]}.")
             problems = [problems[task_id] for task_id in task_ids]
         _same_length(problems, completions, "problems", "completions")
-        results = self.last_results = check_completions(problems, completions, self.language, self.limits,
-                                                        self.workers)
+        results = self.last_results = self.execute(problems, completions)
         positions = torch.tensor([self.index[task_id] for task_id in task_ids], dtype=torch.long,
                                  device=self.num_samples.device)
         passed = torch.tensor([result.passed for result in results], dtype=torch.long, device=positions.device)
         self.num_samples.index_add_(0, positions, torch.ones_like(passed))
         self.num_correct.index_add_(0, positions, passed)
+
+    def execute(self, problems: Sequence[Mapping[str, str]], completions: Sequence[str]) -> list[ExecutionResult]:
+        """Run each completion against its problem in the sandbox, in ``language`` (a subclass may choose per problem).
+
+        Args:
+            problems: One problem dict per completion.
+            completions: The completions.
+        """
+        return check_completions(problems, completions, self.language, self.limits, self.workers)
 
     def compute(self) -> dict[str, Tensor]:
         """``{"pass@k": mean over attempted problems}`` for every computable ``k``."""

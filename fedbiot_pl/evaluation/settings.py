@@ -38,14 +38,14 @@ class EvaluationSettings:
             token F1, exact match), ``mc`` (multiple choice ranked by log-likelihood) or the name of a
             task registered with :func:`~fedbiot_pl.evaluation.tasks.register_task`.
         data: The evaluation file (``.jsonl``/``.jsonl.gz``/JSON list, or ``embedded:...``); ``None``
-            is the task's default file (the embedded GSM8K test sample, for ``gsm8k`` only).
+            is the task's default file (``default_data``: e.g. the embedded GSM8K test sample).
         limit: Evaluate the first ``limit`` rows; ``None`` evaluates all.
         variants: ``adapfu`` (the adapter in the full model) and/or ``adapemu`` (the compressed model).
         generation: Decoding settings (greedy, at most 256 new tokens by default); unused by ``mc``.
         shots: GSM8K demonstrations in each prompt, 0 to 8.
         batch_size: Prompts per generation batch (also the rows per ``mc`` batch).
         seed: Seed of the GSM8K demonstration order and of sampling (restarted for each variant).
-        k: The ``k`` of pass@k (``humaneval``); each at most ``generation.num_return_sequences``.
+        k: The ``k`` of pass@k (``humaneval``, ``humanevalx``); each at most ``generation.num_return_sequences``.
     """
 
     task: Task = "gsm8k"

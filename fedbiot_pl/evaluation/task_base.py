@@ -7,13 +7,14 @@ how to write one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torchmetrics import Metric
 
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluation.prompts import qa_prompt, strip_chat_tail
-from fedbiot_pl.evaluation.records import read_predictions
+from fedbiot_pl.evaluation.records import read_predictions, read_records
 
 Task = str
 """The name of a registered evaluation task (``gsm8k``, ``humaneval``, ``dolly``, ``mc`` or one of
@@ -54,6 +55,18 @@ class EvalTask:
     def __repr__(self) -> str:
         """The class and the task name."""
         return f"{type(self).__name__}(name={self.name!r})"
+
+    def read_rows(self, path: str | Path) -> list[tuple[int, Row]]:
+        """The ``(line number, row)`` pairs of an evaluation file, before :meth:`check_row` and the row limit.
+
+        By default the records of a JSON lines (or JSON list) file
+        (:func:`~fedbiot_pl.evaluation.records.read_records`); a task whose evaluation file has another
+        shape overrides it (``helm`` expands a suite file into the instances of its scenarios).
+
+        Args:
+            path: The evaluation file.
+        """
+        return read_records(path)
 
     def check_row(self, row: Row) -> str | None:
         """What is wrong with an evaluation row, worded to follow ``"<file>: row <n> "``; ``None`` if usable.

@@ -38,6 +38,8 @@ from types import MappingProxyType
 
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.evaluation.builtin_tasks import DollyTask, GSM8KTask, HumanEvalTask, MultipleChoiceTask
+from fedbiot_pl.evaluation.helm import HelmTask
+from fedbiot_pl.evaluation.humanevalx_task import HumanEvalXTask
 from fedbiot_pl.evaluation.task_base import EvalTask, Row, Task, compute_metrics
 
 __all__ = [
@@ -117,3 +119,5 @@ def score_tasks() -> list[str]:
 
 for _builtin in (GSM8KTask(), HumanEvalTask(), DollyTask(), MultipleChoiceTask()):
     register_task(_builtin)
+register_task(HelmTask())  # HELM QA scenarios from a suite of local raw files (fedbiot_pl.evaluation.helm)
+register_task(HumanEvalXTask())  # HumanEval-X: C++, Go, Java, Python (fedbiot_pl.evaluation.humanevalx_task)
