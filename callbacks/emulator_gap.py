@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from fedbiot_pl.artifacts.export import atomic_write
 from fedbiot_pl.callbacks.federated_loop import FederatedLoop
+from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.model.losses import kl_teacher_student
 
 
@@ -81,8 +82,18 @@ class EmulatorGap(Callback):
     def _loop(trainer: pl.Trainer) -> FederatedLoop:
         loop = next((cb for cb in trainer.callbacks if isinstance(cb, FederatedLoop)), None)
         if loop is None:
-            raise RuntimeError("EmulatorGap needs a FederatedLoop among the Trainer's callbacks.")
+            raise ConfigError("EmulatorGap needs a FederatedLoop among the Trainer's callbacks.")
         return loop
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._loop(trainer)
+        data = trainer.datamodule
+        if not getattr(data, "val_fraction", 0) or not callable(getattr(data, "client_val_dataloader", None)):
+            raise ConfigError(f"EmulatorGap measures on the clients' held-out rows: set data.val_fraction > 0 (got "
+                              f"{getattr(data, 'val_fraction', None)!r}) on a FederatedInstructionDataModule.")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -36,7 +36,8 @@ def validation_losses(trainer: pl.Trainer, pl_module: pl.LightningModule, round_
     that measured this round (it covers every held-out row, so it wins); never an earlier epoch's value.
     """
     losses = {}
-    if getattr(pl_module, "validated_epoch", None) == trainer.current_epoch:
+    every_row = isinstance(trainer.limit_val_batches, float) and trainer.limit_val_batches == 1.0
+    if getattr(pl_module, "validated_epoch", None) == trainer.current_epoch and every_row:
         losses = {name: float(value) for name, value in trainer.callback_metrics.items()
                   if name.startswith("val/") and name.endswith("_loss")}
     for callback in trainer.callbacks:
@@ -64,14 +65,14 @@ class RoundCheckpoint(ModelCheckpoint):
 
     Args:
         every_n_rounds: write a round checkpoint after rounds ``n, 2n, ...`` and the last; 0 writes
-            only ``last.ckpt``.
+            only ``last.ckpt``; ``null`` is 1 (every round).
         dirpath: the checkpoint folder (default: ``<run folder>/checkpoints``).
         filename: name template; ``{round}`` is the round, other fields are logged metrics.
         monitor: a logged metric ranking the round checkpoints (``null``: keep every one).
         verbose: log each save.
-        save_last: also write ``last.ckpt`` (``link``: a link to the newest round checkpoint).
+        save_last: also write ``last.ckpt`` after every epoch (``link`` is refused: it would go stale).
         save_top_k: round checkpoints to keep (-1: all).
-        save_on_exception: write a checkpoint when fit raises.
+        save_on_exception: refused (it would write a half-trained round under a finished round's name).
         save_weights_only: leave the optimizer and loop states out (a resume then cannot continue).
         mode: ``min`` or ``max`` of ``monitor``.
         auto_insert_metric_name: write ``round=`` before the field's value in the name.
@@ -84,7 +85,7 @@ class RoundCheckpoint(ModelCheckpoint):
 
     def __init__(
         self,
-        every_n_rounds: int = 1,
+        every_n_rounds: int | None = None,
         dirpath: str | Path | None = None,
         filename: str | None = "round-{round:04d}",
         monitor: str | None = None,
@@ -102,17 +103,24 @@ class RoundCheckpoint(ModelCheckpoint):
         enable_version_counter: bool = False,
     ) -> None:
         if every_n_epochs is not None:
-            if every_n_rounds not in (1, every_n_epochs):
+            if every_n_rounds not in (None, every_n_epochs):
                 raise ConfigError(f"checkpoint.every_n_epochs={every_n_epochs} (deprecated) and checkpoint."
                                   f"every_n_rounds={every_n_rounds} differ: set only every_n_rounds.")
             warnings.warn(DEPRECATED_EVERY_N_EPOCHS.format(n=every_n_epochs), FutureWarning, stacklevel=2)
             every_n_rounds = every_n_epochs
+        every_n_rounds = 1 if every_n_rounds is None else every_n_rounds
         issues = []
-        if not isinstance(every_n_rounds, int) or every_n_rounds < 0:
+        if isinstance(every_n_rounds, bool) or not isinstance(every_n_rounds, int) or every_n_rounds < 0:
             issues.append(f"every_n_rounds must be an integer >= 0, got {every_n_rounds!r}.")
         if every_n_train_steps or train_time_interval is not None:
             issues.append("every_n_train_steps and train_time_interval are not supported: round checkpoints are "
                           "written when a round ends (set checkpoint.every_n_rounds).")
+        if save_on_exception:
+            issues.append("save_on_exception=True would write a half-trained round under a finished round's name; "
+                          "leave it unset (last.ckpt is written after every epoch).")
+        if save_last == "link":
+            issues.append("save_last='link' would leave last.ckpt pointing at an older round between round "
+                          "checkpoints; use save_last: true.")
         if save_on_train_epoch_end is False:
             issues.append("save_on_train_epoch_end=False: round checkpoints are written when the round's epoch ends; "
                           "leave it unset.")

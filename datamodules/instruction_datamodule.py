@@ -204,7 +204,8 @@ class FederatedInstructionDataModule(LightningDataModule):
         task_rows, task_spec = self._load(self.task, self.max_task_examples)
         public_rows, public_spec = self._load(self.public, self.max_public_examples)
         key, keys = keys_for_partition(self.task, task_rows, task_spec, self.partition, self.partition_key)
-        task_rows, keys = exclude_rows(task_rows, key, keys, list(self.exclude_keys or ()), self.task.describe())
+        task_rows, keys = exclude_rows(task_rows, key, keys, list(self.exclude_keys or ()), self.task.describe(),
+                                       truncated=self.max_task_examples is not None)
         shards = client_shards(
             len(task_rows), keys, self.partition, self._num_clients, self.dirichlet_alpha, self.min_client_size,
             self.val_fraction, self.seed, f"{self.task.describe()} (partition={self.partition!r})",

@@ -48,7 +48,7 @@ def test_one_shot_distillation_overlay_sets_the_distillation_weights():
     hp = made.model.hparams
     assert (hp.l2_weight, hp.ce_weight, hp.kl_weight) == (0.9, 0.1, 0.0)
     loop = next(cb for cb in made.trainer.callbacks if hasattr(cb, "round_index"))
-    assert loop.algorithm_name == "fedot" and loop.pre_alignment_rounds == 2
+    assert loop.algorithm_name == "fedot" and (loop.pre_alignment_rounds, loop.align_steps) == (100, 5)  # 500 steps
 
 
 @pytest.mark.slow

@@ -48,3 +48,20 @@ def test_identical_models_have_no_gap():
     b = batch([[1, 1, 1, 1], [1, 1, 0, 0]], [[-100, 1, 2, 3], [-100, 4, -100, -100]])
     gap = emulator_gap(Fixed([(logits, 3.0)]), Fixed([(logits, 3.0)]), [[b]], torch.device("cpu"))
     assert gap["kl"] == 0.0 and gap["adapfu_loss"] == gap["adapemu_loss"] == 3.0
+
+
+def test_setup_names_the_missing_validation_split_and_loop():
+    import pytest
+
+    from fedbiot_pl.callbacks import EmulatorGap, FederatedLoop
+    from fedbiot_pl.errors import ConfigError
+
+    def trainer(callbacks, val_fraction):
+        data = SimpleNamespace(val_fraction=val_fraction, client_val_dataloader=lambda c: [])
+        return SimpleNamespace(callbacks=callbacks, datamodule=data)
+
+    with pytest.raises(ConfigError, match="EmulatorGap needs a FederatedLoop"):
+        EmulatorGap().setup(trainer([], 0.1), None, "fit")
+    with pytest.raises(ConfigError, match=r"set data.val_fraction > 0 \(got 0.0\)"):
+        EmulatorGap().setup(trainer([FederatedLoop(rounds=1)], 0.0), None, "fit")
+    EmulatorGap().setup(trainer([FederatedLoop(rounds=1)], 0.1), None, "fit")  # fine

@@ -248,3 +248,17 @@ def test_humanevalx_runs_through_evaluate_split_with_the_paper_sampling():
     for record in records:
         assert len(record["raw"]) == 2
         assert record["completions"] == [clean_completion(raw, record["language"]) for raw in record["raw"]]
+
+
+def test_a_missing_compiler_is_named_when_the_rows_are_read(monkeypatch):
+    import shutil
+
+    from fedbiot_pl.evaluation.tasks import eval_task
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda binary: None if binary == "g++" else which(binary))
+    row = {"task_id": "CPP/0", "prompt": "int f(){", "declaration": "int f(){", "canonical_solution": "return 1;}",
+           "test": "int main(){}", "example_test": ""}
+    assert eval_task("humanevalx").check_row(row) == (
+        "cannot be run: HumanEval-X cpp needs g++, not found on PATH; install it (Debian/Ubuntu: apt-get install g++) "
+        "or leave cpp rows out.")

@@ -51,6 +51,10 @@ def test_every_recipe_of_the_grid_instantiates(configs):
         32, LayoutRequest(split.adapter_layers, split.drop_rate, split.bottom_adapter_layers))
     assert config.federated.weighting == "uniform" and config.model.include_padding is True  # the reference's
     assert config.federated.rounds == 500 and loop.local_steps == 30 and config.federated.align_steps == 5
+    # validation at every round checkpoint, for `evaluate --ckpt best`, and no validation pass every epoch
+    assert config.checkpoint.every_n_rounds == 100 and data.val_fraction > 0 and config.trainer.limit_val_batches == 0
+    (validation,) = config.trainer.callbacks
+    assert validation.class_path.endswith("ClientValidation") and validation.init_args.every_n_rounds == 100
     task = runs[0].task
     assert evaluation.task == {"gsm8k": "gsm8k", "code": "humanevalx", "dolly": "helm"}[task]
     clients = {"gsm8k": 3, "code": 9, "dolly": 8}[task]

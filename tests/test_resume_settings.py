@@ -143,7 +143,8 @@ def test_other_data_settings_only_warn_naming_each(caplog):
 
     before = data_settings(FederatedInstructionDataModule(num_clients=3, val_fraction=0.0, seed=1))
     assert before == {"data.num_clients": 3, "data.partition": "iid", "data.partition_key": None,
-                      "data.dirichlet_alpha": 0.5, "data.min_client_size": 1, "data.val_fraction": 0.0,
+                      "data.exclude_keys": None, "data.dirichlet_alpha": 0.5, "data.min_client_size": 1,
+                      "data.val_fraction": 0.0,
                       "data.max_task_examples": None, "data.seed": 1}
     now = data_settings(FederatedInstructionDataModule(num_clients=3, val_fraction=0.05, seed=1))
     with caplog.at_level(logging.WARNING):

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 from fedbiot_pl.artifacts.round_selection import ROUND_KEY, select_best_round
 from fedbiot_pl.callbacks import RoundCheckpoint
@@ -141,6 +142,30 @@ def test_selection_is_the_argmin_of_the_recorded_losses(tmp_path):
     assert selection.as_dict()["scores"]["300"] is None
 
 
+def test_selection_skips_what_it_cannot_read_and_prefers_a_rewritten_round(tmp_path):
+    import os
+
+    run = fake_run(tmp_path, {1: 2.0, 2: 1.5})
+    folder = run / "checkpoints"
+    (folder / "round-0003.ckpt").mkdir()  # a DeepSpeed checkpoint folder
+    (folder / "round-0004.ckpt").write_bytes(b"not a checkpoint")
+    record = {"epoch": 2, ROUND_KEY: {"round": 2, "validation": {"val/adapfu_loss": 3.0}}}
+    torch.save(record, folder / "round-0002-v1.ckpt")
+    os.utime(folder / "round-0002-v1.ckpt", (2e9, 2e9))  # written after round-0002.ckpt, by a resume
+    with pytest.warns(UserWarning, match="--ckpt best leaves out round-0003.ckpt: a DeepSpeed checkpoint folder"):
+        selection = select_best_round(run)
+    assert [(s.round, s.loss, s.path.name) for s in selection.scores] == [
+        (1, 2.0, "round-0001.ckpt"), (2, 3.0, "round-0002-v1.ckpt")]
+    assert selection.best.round == 1
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) or {}
+    config["checkpoint"] = {"dirpath": str(folder)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.warns(UserWarning, match="leaves out round-0004.ckpt: .*it cannot be read"):
+        assert select_best_round(elsewhere).best.round == 1  # checkpoint.dirpath of the run's config
+
+
 def test_selection_errors_name_the_fix(tmp_path, capsys):
     with pytest.raises(ConfigError, match="holds no round checkpoint"):
         select_best_round(tmp_path)
@@ -162,8 +187,15 @@ def test_every_n_epochs_is_a_deprecated_alias_and_step_triggers_are_refused():
         assert RoundCheckpoint(every_n_epochs=100).every_n_rounds == 100
     with pytest.raises(ConfigError, match=r"every_n_epochs=100 \(deprecated\) and checkpoint.every_n_rounds=50 differ"):
         RoundCheckpoint(every_n_rounds=50, every_n_epochs=100)
+    with pytest.raises(ConfigError, match=r"every_n_epochs=100 \(deprecated\) and checkpoint.every_n_rounds=1 differ"):
+        RoundCheckpoint(every_n_rounds=1, every_n_epochs=100)  # an explicit 1 is not "unset"
     with pytest.raises(ConfigError, match="every_n_train_steps and train_time_interval are not supported"):
         RoundCheckpoint(every_n_train_steps=10)
+    with pytest.raises(ConfigError, match="save_on_exception=True would write a half-trained round"):
+        RoundCheckpoint(save_on_exception=True)
+    with pytest.raises(ConfigError, match="save_last='link' would leave last.ckpt pointing at an older round"):
+        RoundCheckpoint(save_last="link")
+    assert RoundCheckpoint().every_n_rounds == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         checkpoint = RoundCheckpoint()

@@ -37,8 +37,8 @@ from fedbiot_pl.errors import ConfigError
 log = logging.getLogger(__name__)
 SETTINGS_KEY = "fedbiot_settings"
 DATA_KEY = "fedbiot_data"
-DATA_SETTINGS = ("num_clients", "partition", "partition_key", "dirichlet_alpha", "min_client_size", "val_fraction",
-                 "max_task_examples", "seed")
+DATA_SETTINGS = ("num_clients", "partition", "partition_key", "exclude_keys", "dirichlet_alpha", "min_client_size",
+                 "val_fraction", "max_task_examples", "seed")
 """The datamodule attributes (``data.<name>``) that decide the clients' rows (a change only warns)."""
 NOT_USED = "(not used)"
 
@@ -88,6 +88,8 @@ def model_identity(model: str) -> str:
 def data_settings(datamodule: Any) -> dict[str, Any]:
     """The data settings that decide each client's rows (``data.<name>``), for those the datamodule has."""
     values = {name: getattr(datamodule, name) for name in DATA_SETTINGS if hasattr(datamodule, name)}
+    if isinstance(values.get("exclude_keys"), (list, tuple)):  # compared as one string: a list would be left out
+        values["exclude_keys"] = ", ".join(map(str, values["exclude_keys"]))
     return {
         f"data.{name}": value for name, value in values.items() if value is None or isinstance(value, (int, float, str))
     }

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedbiot_pl.artifacts.checkpoint_integrity import read_checkpoint
+from fedbiot_pl.artifacts.checkpoint_integrity import DamagedCheckpointError, read_checkpoint
 from fedbiot_pl.errors import ConfigError
 
 ROUND_KEY = "fedbiot_round"
@@ -63,24 +64,42 @@ class Selection:
         return "\n".join(lines)
 
 
-def round_checkpoints(folder: str | Path) -> list[tuple[int, Path, dict[str, Any]]]:
+def round_checkpoints(folder: str | Path, skipped: list[str] | None = None) -> list[tuple[int, Path, dict[str, Any]]]:
     """``(round, path, record)`` of every round checkpoint in ``folder``, by round.
 
-    A round checkpoint is a ``*.ckpt`` other than ``last*.ckpt`` whose :data:`ROUND_KEY` record names a
-    round >= 1; the round is the recorded one, whatever the file name. Of two files of one round, the
-    first by name is kept.
-
-    Raises:
-        DamagedCheckpointError: a checkpoint that cannot be read (named).
+    A round checkpoint is a ``*.ckpt`` file other than ``last*.ckpt`` whose :data:`ROUND_KEY` record
+    names a round >= 1; the round is the recorded one, whatever the file name. Of two files of one
+    round (a resume rewrote it), the newer is kept. A checkpoint folder (DeepSpeed's) or a file that
+    cannot be read is left out and described in ``skipped``.
     """
     found: dict[int, tuple[int, Path, dict[str, Any]]] = {}
-    for path in sorted(Path(folder).glob("*.ckpt")):
+    for path in sorted(Path(folder).glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name)):
         if _LAST.match(path.stem) or path.name.startswith("."):
             continue
-        record = read_checkpoint(path).get(ROUND_KEY)
+        if path.is_dir():
+            if skipped is not None:
+                skipped.append(f"{path.name}: a DeepSpeed checkpoint folder (pass it with --ckpt)")
+            continue
+        try:
+            record = read_checkpoint(path).get(ROUND_KEY)
+        except DamagedCheckpointError as error:
+            if skipped is not None:
+                skipped.append(f"{path.name}: {error}")
+            continue
         if isinstance(record, dict) and int(record.get("round", 0)) >= 1:
-            found.setdefault(int(record["round"]), (int(record["round"]), path, record))
+            found[int(record["round"])] = (int(record["round"]), path, record)  # the newest file of a round wins
     return [found[number] for number in sorted(found)]
+
+
+def checkpoint_folder(run: Path) -> Path:
+    """Where ``run`` wrote its checkpoints: ``checkpoint.dirpath`` of its ``config.yaml``, else ``checkpoints``."""
+    try:
+        import yaml
+
+        dirpath = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("checkpoint") or {}).get("dirpath")
+    except (OSError, yaml.YAMLError):
+        dirpath = None
+    return Path(dirpath) if dirpath else run / "checkpoints"
 
 
 def select_best_round(run: str | Path, variant: str = "adapfu") -> Selection:
@@ -93,14 +112,17 @@ def select_best_round(run: str | Path, variant: str = "adapfu") -> Selection:
         ConfigError: the run has no round checkpoints, or none records the metric (the message says
             what to set for the next run).
     """
-    folder, metric = Path(run) / "checkpoints", f"val/{variant}_loss"
-    rounds = round_checkpoints(folder) if folder.is_dir() else []
+    folder, metric, skipped = checkpoint_folder(Path(run)), f"val/{variant}_loss", []
+    rounds = round_checkpoints(folder, skipped) if folder.is_dir() else []
     if not rounds:
+        left_out = f" Left out: {'; '.join(skipped)}." if skipped else ""
         raise ConfigError(
             f"{folder} holds no round checkpoint (a round-NNNN.ckpt written by fedbiot_pl.callbacks.RoundCheckpoint, "
             "the CLI's `checkpoint:`; runs trained before checkpoints were counted by round have none): pass a "
-            "checkpoint file with --ckpt instead, or keep checkpoint.every_n_rounds >= 1 in the next run."
+            f"checkpoint file with --ckpt instead, or keep checkpoint.every_n_rounds >= 1 in the next run.{left_out}"
         )
+    for reason in skipped:
+        warnings.warn(f"--ckpt best leaves out {reason}", stacklevel=2)
     scores = []
     for number, path, record in rounds:
         loss = (record.get("validation") or {}).get(metric)

@@ -44,7 +44,7 @@ class GSM8KTask(EvalTask):
 
     def metrics(self, rows: Sequence[Row], ks: Sequence[int] = (1,), timeout: float = 10.0,
                 workers: int | None = 2) -> dict[str, Metric]:
-        """``accuracy`` (the answer before a new ``### Instruction:`` turn) and ``accuracy_uncut``.
+        """``accuracy`` (the answer before a new ``### Instruction/Input/Response:`` turn) and ``accuracy_uncut``.
 
         ``accuracy_uncut`` reads the whole completion, as the authors' code does. ``accuracy`` is the
         one to prefer: a model that answers without "The answer is" and then invents a new turn is

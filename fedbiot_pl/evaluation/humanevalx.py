@@ -93,7 +93,10 @@ def cut_at_last_stops(code: str, stops: tuple[str, ...]) -> str:
 
 
 def indent_first_line(code: str, width: int = 4) -> str:
-    """Replace the leading spaces of the first line by exactly ``width`` spaces (tabs are left alone)."""
+    """Replace the leading spaces of the first line by exactly ``width`` spaces.
+
+    A leading tab stays after them, as the authors' ``pad_spaces`` leaves it.
+    """
     stripped = code.lstrip(" ")
     return code if len(code) - len(stripped) == width else " " * width + stripped
 

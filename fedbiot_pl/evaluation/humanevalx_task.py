@@ -31,7 +31,7 @@ from fedbiot_pl.evaluation.metrics import PassAtK
 from fedbiot_pl.evaluation.pass_at_k import mean_pass_at_k
 from fedbiot_pl.evaluation.records import InputError, read_records
 from fedbiot_pl.evaluation.sandbox import ExecutionResult, Limits
-from fedbiot_pl.evaluation.sandbox_languages import check_humanevalx
+from fedbiot_pl.evaluation.sandbox_languages import check_humanevalx, missing_toolchain
 from fedbiot_pl.evaluation.task_base import Row
 
 
@@ -83,7 +83,11 @@ class HumanEvalXTask(HumanEvalTask):
     default_data = "embedded:data/humanevalx/humanevalx_sample.jsonl"
 
     def check_row(self, row: Row) -> str | None:
-        """The missing fields, an unknown language, or a Go row without ``test_setup``."""
+        """The missing fields, an unknown language, a Go row without ``test_setup``, or a missing compiler.
+
+        A missing toolchain is named when the rows are read, before any generation: without it every
+        completion of that language would score as a failure.
+        """
         problem = super().check_row(row)
         if problem is None:
             try:
@@ -92,6 +96,9 @@ class HumanEvalXTask(HumanEvalTask):
                 return str(error)
             if language == "go" and not isinstance(row.get("test_setup"), str):
                 return "lacks the string field 'test_setup' (package clause and test imports) that Go rows need."
+            missing = missing_toolchain(language)
+            if missing is not None:
+                return "cannot be run: " + missing.removeprefix("fedbiot-sandbox: ") + "."
         return problem
 
     def prompt(self, row: Row, index: int = 0, shots: int = 8, seed: int = 0) -> str:

@@ -138,10 +138,10 @@ class GSM8KAccuracy(_Average):
     Args:
         numeric: Compare answer values instead of strings (``"18.0"`` counts for ``"18"``); the
             paper's protocol, the default, compares strings.
-        cut_next_turn: Read the answer only from the text before a new ``### Instruction:`` turn
-            (the default). ``False`` reads the whole completion, as the authors' code does: there, a
-            completion whose real answer lacks "The answer is" is scored by the last number of
-            whatever the model invents after it.
+        cut_next_turn: Read the answer only from the text before a new Alpaca turn (a line starting
+            ``### Instruction:``, ``### Input:`` or ``### Response:``; the default). ``False`` reads
+            the whole completion, as the authors' code does: there, a completion whose real answer
+            lacks "The answer is" is scored by the last number of whatever the model invents after it.
     """
 
     def __init__(self, numeric: bool = False, cut_next_turn: bool = True, **kwargs) -> None:
