@@ -65,7 +65,7 @@ class RoundCheckpoint(ModelCheckpoint):
 
     Args:
         every_n_rounds: write a round checkpoint after rounds ``n, 2n, ...`` and the last; 0 writes
-            only ``last.ckpt``; ``null`` is 1 (every round).
+            only ``last.ckpt``.
         dirpath: the checkpoint folder (default: ``<run folder>/checkpoints``).
         filename: name template; ``{round}`` is the round, other fields are logged metrics.
         monitor: a logged metric ranking the round checkpoints (``null``: keep every one).
@@ -85,7 +85,7 @@ class RoundCheckpoint(ModelCheckpoint):
 
     def __init__(
         self,
-        every_n_rounds: int | None = None,
+        every_n_rounds: int = 1,
         dirpath: str | Path | None = None,
         filename: str | None = "round-{round:04d}",
         monitor: str | None = None,
@@ -103,12 +103,11 @@ class RoundCheckpoint(ModelCheckpoint):
         enable_version_counter: bool = False,
     ) -> None:
         if every_n_epochs is not None:
-            if every_n_rounds not in (None, every_n_epochs):
+            if every_n_rounds not in (1, every_n_epochs):  # 1, the default, counts as unset
                 raise ConfigError(f"checkpoint.every_n_epochs={every_n_epochs} (deprecated) and checkpoint."
                                   f"every_n_rounds={every_n_rounds} differ: set only every_n_rounds.")
             warnings.warn(DEPRECATED_EVERY_N_EPOCHS.format(n=every_n_epochs), FutureWarning, stacklevel=2)
             every_n_rounds = every_n_epochs
-        every_n_rounds = 1 if every_n_rounds is None else every_n_rounds
         issues = []
         if isinstance(every_n_rounds, bool) or not isinstance(every_n_rounds, int) or every_n_rounds < 0:
             issues.append(f"every_n_rounds must be an integer >= 0, got {every_n_rounds!r}.")

@@ -187,8 +187,6 @@ def test_every_n_epochs_is_a_deprecated_alias_and_step_triggers_are_refused():
         assert RoundCheckpoint(every_n_epochs=100).every_n_rounds == 100
     with pytest.raises(ConfigError, match=r"every_n_epochs=100 \(deprecated\) and checkpoint.every_n_rounds=50 differ"):
         RoundCheckpoint(every_n_rounds=50, every_n_epochs=100)
-    with pytest.raises(ConfigError, match=r"every_n_epochs=100 \(deprecated\) and checkpoint.every_n_rounds=1 differ"):
-        RoundCheckpoint(every_n_rounds=1, every_n_epochs=100)  # an explicit 1 is not "unset"
     with pytest.raises(ConfigError, match="every_n_train_steps and train_time_interval are not supported"):
         RoundCheckpoint(every_n_train_steps=10)
     with pytest.raises(ConfigError, match="save_on_exception=True would write a half-trained round"):
