@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -200,7 +201,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                     label=f"{r['variant']} AdapEmu")
             ax.plot(xs, [h["adapfu_loss"] for h in r["history"]], marker="x", linestyle="--", color=color,
                     alpha=0.6, label=f"{r['variant']} AdapFu")
-        reference = sum(r["gap"]["start"]["adapfu_loss"] for r in rows) / len(rows)
+        # the untrained full model on the shared held-out rows (offsite-tuning's single client holds out its own)
+        reference = statistics.mode(round(r["gap"]["start"]["adapfu_loss"], 6) for r in rows)
         ax.axhline(reference, color="black", linewidth=0.8, linestyle=":", label="untrained full model")
         ax.set_xscale("log")
         ax.set_xlabel(label)
