@@ -11,9 +11,15 @@ the cumulative bytes communicated) come out::
     python benchmarks/compare_algorithms.py --rounds 1 --fit-arg=--federated.pre_alignment_rounds=0 ...  # smoke
 
 Columns: final client validation loss (token-weighted over every client's held-out rows) of AdapEmu
-and AdapFu, GSM8K accuracy of both (greedy, zero-shot, on ``--eval-limit`` test rows), LoRA bytes
-per round (down + up, all clients), the client peak training memory estimated by ``fedbiot-plan``
+and AdapFu, GSM8K accuracy of both (greedy, zero-shot, on ``--eval-limit`` test rows), bytes per
+round (down + up, all clients: LoRA, or top-k logits for ``fed_kd``/``fedmkt``), the client peak
+training memory estimated by ``fedbiot-plan``
 for one micro-batch (this CPU run cannot measure a GPU peak), and the wall time of the fit.
+
+For the KD algorithms, whose clients keep models of their own, AdapEmu is the clients' own models
+(validation loss: each on its own held-out rows; accuracy: the mean over the clients' adapters) and
+AdapFu the server's model (``fedmkt``'s distilled LLM; ``fed_kd`` trains none, so its AdapFu is the
+untouched base model).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 
 from fedbiot_pl.algorithms import ALGORITHMS as REGISTERED
+from fedbiot_pl.artifacts.csv_logger import newest_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = tuple(REGISTERED)  # every registered algorithm, in registration order
@@ -66,13 +73,27 @@ def fit(algorithm: str, args: argparse.Namespace, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def evaluate(run: Path, args: argparse.Namespace) -> dict[str, float]:
+def evaluate(run: Path, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, float]:
     """Score a run with ``train.py evaluate`` on GSM8K in its own process; returns the accuracy per variant."""
     command = [sys.executable, str(ROOT / "train.py"), "evaluate", "--run", str(run), "--task", "gsm8k",
                "--limit", str(args.eval_limit), "--shots", "0", "--max-new-tokens", str(args.max_new_tokens),
-               "--json"]
+               "--json", *extra]
     result = json.loads(subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True).stdout)
     return {variant: metrics["accuracy"] for variant, metrics in result["metrics"].items()}
+
+
+def accuracy(run: Path, args: argparse.Namespace) -> dict[str, float]:
+    """GSM8K accuracy of AdapFu and AdapEmu.
+
+    Where clients keep models of their own (the KD algorithms: ``final_adapter/clients/``), AdapFu is
+    the server's model and AdapEmu the mean over the clients' own adapters.
+    """
+    scores = evaluate(run, args)
+    clients = sorted((run / "final_adapter" / "clients").glob("client_*"))
+    if clients:
+        own = [evaluate(run, args, ("--ckpt", str(c), "--variants", "adapemu"))["adapemu"] for c in clients]
+        scores["adapemu"] = sum(own) / len(own)
+    return scores
 
 
 def client_memory(run: Path) -> int:
@@ -95,7 +116,7 @@ def collect(algorithm: str, run: Path, wall: float, args: argparse.Namespace) ->
     return {
         "algorithm": algorithm, "history": history, "wall_s": wall,
         "adapemu_loss": history[-1]["adapemu_loss"], "adapfu_loss": history[-1]["adapfu_loss"],
-        "accuracy": evaluate(run, args), "bytes_per_round": (ledger["bytes_down"] + ledger["bytes_up"]) / args.rounds,
+        "accuracy": accuracy(run, args), "bytes_per_round": (ledger["bytes_down"] + ledger["bytes_up"]) / args.rounds,
         "client_memory": client_memory(run),
     }
 
@@ -103,7 +124,7 @@ def collect(algorithm: str, run: Path, wall: float, args: argparse.Namespace) ->
 def table(rows: list[dict]) -> str:
     """The markdown table of ``rows``, one line per algorithm."""
     lines = [
-        "| algorithm | val loss AdapEmu | val loss AdapFu | GSM8K acc AdapEmu | GSM8K acc AdapFu | LoRA bytes / round "
+        "| algorithm | val loss AdapEmu | val loss AdapFu | GSM8K acc AdapEmu | GSM8K acc AdapFu | bytes / round "
         "| est. client peak memory | fit wall time |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -132,7 +153,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.plot(xs, [h["adapfu_loss"] for h in r["history"]], marker="x", linestyle="--", color=color, alpha=0.6,
                 label=f"{r['algorithm']} (AdapFu)")
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative LoRA bytes communicated (down + up, all clients)")
+    ax.set_xlabel("cumulative bytes communicated (down + up, all clients)")
     ax.set_ylabel("client validation loss")
     ax.set_title("Validation loss against communication")
     ax.legend(fontsize=7, ncol=2)
@@ -149,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for algorithm in args.algorithms:
         out = args.out / algorithm
         wall = fit(algorithm, args, out)
-        runs = sorted((out / "run").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        rows.append(collect(algorithm, runs[-1], wall, args))
+        rows.append(collect(algorithm, newest_run(out / "run"), wall, args))
         print(f"{algorithm}: done in {wall:.0f} s", file=sys.stderr)
     text = table(rows)
     (args.out / "table.md").write_text(text + "\n")

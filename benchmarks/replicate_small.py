@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedbiot_pl.artifacts.csv_logger import newest_run
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MODEL = ROOT.parent / "shared" / "data" / "models" / "smollm2-135m-instruct-gguf" / \
     "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -226,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError as error:  # its message is above, from train.py's stderr
             print(f"{name}: train.py fit stopped with exit status {error.returncode}", file=sys.stderr)
             return 1
-        runs = sorted((out / "run").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        rows.append(collect(name, runs[-1], wall, args))
+        rows.append(collect(name, newest_run(out / "run"), wall, args))
         (args.out / "results.json").write_text(json.dumps(rows, indent=2))  # partial results survive a stop
         print(f"{name}: fit in {wall:.0f} s", file=sys.stderr, flush=True)
     text = table(rows)

@@ -9,7 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch import Callback
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from fedbiot_pl.artifacts.export import atomic_write
@@ -34,6 +34,26 @@ def token_mean_loss(model: nn.Module, loaders: list[Any], device: torch.device) 
     return float(total / tokens)
 
 
+@torch.no_grad()
+def personal_mean_loss(split: Any, states: dict[int, dict[str, Tensor]], loaders: list[Any],
+                       device: torch.device) -> float:
+    """Token-weighted CE of each client's own model (``states``; else the views' LoRA) on the client's rows."""
+    current = split.lora_state("all")
+    total, tokens = 0.0, 0
+    try:
+        for client_id, loader in enumerate(loaders):
+            split.load_lora_state(states.get(client_id, current))
+            count = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in loader)
+            if count:
+                total += token_mean_loss(split.compressed, [loader], device) * count
+                tokens += count
+    finally:
+        split.load_lora_state(current)
+    if tokens == 0:
+        raise ValueError("the client validation data has no label tokens; set data.val_fraction > 0.")
+    return total / tokens
+
+
 class ClientValidation(Callback):
     """After every ``every_n_rounds`` rounds, the loss on the clients' held-out rows.
 
@@ -42,7 +62,9 @@ class ClientValidation(Callback):
     the clients train) and AdapFu (the adapter in the full model); where the server module's own
     validation loop has just computed them on the same rows (``fit`` validates every epoch when the
     data has a validation split) it takes those values instead of computing and logging them twice.
-    Each entry of :attr:`history`
+    Where clients keep models of their own (the KD algorithms), AdapEmu is each client's own model on
+    its own held-out rows (logged as ``val/clients_own_loss``), and AdapFu the server's model. Each
+    entry of :attr:`history`
     also holds the bytes communicated so far (the :class:`FederatedLoop`'s ledger), so that a run's
     loss can be plotted against its communication; it is written to ``<log_dir>/client_validation.json``.
 
@@ -76,15 +98,23 @@ class ClientValidation(Callback):
         # The module's validation loop just measured every held-out row (no limit_val_batches): reuse it.
         validated = (getattr(pl_module, "validated_epoch", None) == trainer.current_epoch
                      and isinstance(trainer.limit_val_batches, float) and trainer.limit_val_batches == 1.0)
+        personal = loop.algorithm.personal_states()
         loaders = None
         for variant in self.variants:
             key = f"val/{variant}_loss"
-            if validated and key in trainer.callback_metrics:  # the module's validation loop logged it already
+            own_models = variant == "adapemu" and bool(personal)
+            if validated and not own_models and key in trainer.callback_metrics:  # the module's validation logged it
                 entry[f"{variant}_loss"] = float(trainer.callback_metrics[key])
                 continue
             loaders = loaders or [data.client_val_dataloader(c) for c in range(data.num_clients)]
-            entry[f"{variant}_loss"] = token_mean_loss(models[variant], loaders, pl_module.device)
-            pl_module.log(key, entry[f"{variant}_loss"], on_epoch=True)
+            if own_models:  # KD: each client's held-out rows scored with its own model
+                entry[f"{variant}_loss"] = personal_mean_loss(split, personal, loaders, pl_module.device)
+            else:
+                entry[f"{variant}_loss"] = token_mean_loss(models[variant], loaders, pl_module.device)
+            if own_models:  # not the module's val/adapemu_loss (the server's model): another key
+                pl_module.log("val/clients_own_loss", entry[f"{variant}_loss"], on_epoch=True)
+            else:
+                pl_module.log(key, entry[f"{variant}_loss"], on_epoch=True)
         self.history.append(entry)
         if trainer.is_global_zero and trainer.log_dir:
             text = json.dumps(self.history, indent=2)

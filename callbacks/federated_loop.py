@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from fedbiot_pl import hooks
 from fedbiot_pl.algorithms import Algorithm, ClientOptim, RunSettings, resolve_algorithm
-from fedbiot_pl.artifacts.export import export_adapters, write_text_atomic
+from fedbiot_pl.artifacts.export import export_adapters, export_personal_adapters, write_text_atomic
 from fedbiot_pl.artifacts.logger_resume import purge_events_from
 from fedbiot_pl.artifacts.resume_settings import DATA_KEY, SETTINGS_KEY, data_settings, run_settings
 from fedbiot_pl.artifacts.training_plot import plot_fit
@@ -162,6 +162,13 @@ class FederatedLoop(Callback):
             self.server_optimizer = make_server_optimizer(server_optimizer)
         except ValueError as error:
             issues.append(f"server_optimizer: {error}")
+        if max_update_norm is not None and self.algorithm is not None and self.algorithm.family != "params":
+            issues.append(f"max_update_norm bounds a LoRA update's change; algorithm {self.algorithm.label!r} shares "
+                          f"{self.algorithm.family} updates: set max_update_norm to null.")
+        if self.server_optimizer is not None and self.algorithm is not None and self.algorithm.family != "params":
+            issues.append(f"server_optimizer {server_optimizer!r} steps on averaged weights; algorithm "
+                          f"{self.algorithm.label!r} shares {self.algorithm.family} updates: set server_optimizer "
+                          "to null.")
         if issues:
             raise ConfigError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
         self.rounds, self.pre_alignment_rounds, self.align_steps = rounds, pre_alignment_rounds, align_steps
@@ -349,6 +356,7 @@ class FederatedLoop(Callback):
                 return
             out = Path(trainer.log_dir or trainer.default_root_dir) / "final_adapter"
             export_adapters(pl_module.split, out)
+            export_personal_adapters(pl_module.split, self.algorithm.personal_states(), out / "clients")
         summary = {"ledger": self.ledger.state_dict(), "faults": fault_totals(self.history), "rounds": self.history}
         write_text_atomic(out / "federated_summary.json", json.dumps(summary, indent=2))
         log.info("final adapters written to %s", out)
@@ -367,6 +375,7 @@ class FederatedLoop(Callback):
             "ledger": self.ledger.state_dict(), "history": self.history, "epoch": self._completed_epoch,
             "sampling": {"seed": self.seed, "clients_per_round": self.clients_per_round},
             "rng": capture_rng(),
+            **({"algorithm": state} if (state := self.algorithm.state_dict()) else {}),
             **({"server_optimizer": self.server_optimizer.state_dict()} if self.server_optimizer is not None else {}),
         }
 
@@ -376,6 +385,8 @@ class FederatedLoop(Callback):
         self.history = list(state_dict["history"])
         self._resumed_epoch = self._completed_epoch = state_dict.get("epoch")
         self._pending_rng = state_dict.get("rng")
+        if "algorithm" in state_dict:
+            self.algorithm.load_state_dict(state_dict["algorithm"])
         if self.server_optimizer is not None and "server_optimizer" in state_dict:
             self.server_optimizer.load_state_dict(state_dict["server_optimizer"])
         sampling = state_dict.get("sampling", {})

@@ -10,6 +10,7 @@ Dirichlet draw over a key; the federated loop fetches one client's shard per rou
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ from .client_shards import (
     loader_seed,
 )
 from .epoch_sampler import EpochShuffleSampler
+from .public_rows import KeepColumns, PublicRows
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,33 @@ class FederatedInstructionDataModule(LightningDataModule):
             raise ValueError(f"round_idx must be >= 0, got {round_idx}.")
         return self._loader(examples, self.batch_size, loader_seed(self.seed, 1, client_id, round_idx))
 
+    @property
+    def num_public_examples(self) -> int:
+        """Public examples kept after tokenising (after :meth:`setup`)."""
+        return len(self._public_examples())
+
+    def public_lengths(self, rows: Sequence[int]) -> list[int]:
+        """Tokens of each public example ``rows`` (after :meth:`setup`)."""
+        public = self._public_examples()
+        return [len(public[int(row)]["input_ids"]) for row in rows]
+
+    def public_dataloader(self, rows: Sequence[int], seed: int | None = None) -> DataLoader:
+        """Loader over public examples ``rows`` (in order, or shuffled by ``seed``); each batch has ``public_row``.
+
+        The KD algorithms' public slice: every party reads the same rows (``public_batch_size`` per batch).
+        """
+        public = self._public_examples()
+        bad = [row for row in rows if not 0 <= int(row) < len(public)]
+        if bad:
+            raise ValueError(f"public rows {bad[:3]} are outside [0, {len(public)}).")
+        return self._loader(PublicRows(public, [int(row) for row in rows]), self.public_batch_size, seed=seed,
+                            keep=("public_row",))
+
+    def _public_examples(self) -> datasets.Dataset:
+        if self._public is None:
+            raise RuntimeError("Call setup() before asking for the public data.")
+        return self._public
+
     def client_val_dataloader(self, client_id: int) -> DataLoader:
         """Loader over one client's validation rows (``val_fraction``), in row order."""
         self._client_examples(client_id)
@@ -351,7 +380,8 @@ class FederatedInstructionDataModule(LightningDataModule):
         return self._clients[client_id]
 
     def _loader(
-        self, examples: datasets.Dataset, batch_size: int, seed: int | None, sampler: Sampler[int] | None = None
+        self, examples: Any, batch_size: int, seed: int | None, sampler: Sampler[int] | None = None,
+        keep: tuple[str, ...] = (),
     ) -> DataLoader:
         """A DataLoader over ``examples``.
 
@@ -367,6 +397,6 @@ class FederatedInstructionDataModule(LightningDataModule):
             shuffle=seed is not None and sampler is None,
             sampler=sampler,
             generator=generator,
-            collate_fn=self._collator,
+            collate_fn=KeepColumns(self._collator, keep) if keep else self._collator,
             num_workers=self.num_workers,
         )

@@ -2,6 +2,10 @@
 
 from fedbiot_pl.modules.adapter_module import AdapterFinetuneModule
 from fedbiot_pl.modules.alignment_module import EmulatorAlignmentModule
+from fedbiot_pl.modules.distill_module import DistillFinetuneModule
 from fedbiot_pl.modules.generation_module import GenerationModule, GenerationSettings
 
-__all__ = ["AdapterFinetuneModule", "EmulatorAlignmentModule", "GenerationModule", "GenerationSettings"]
+__all__ = [
+    "AdapterFinetuneModule", "DistillFinetuneModule", "EmulatorAlignmentModule", "GenerationModule",
+    "GenerationSettings",
+]

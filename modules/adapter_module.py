@@ -91,10 +91,3 @@ class AdapterFinetuneModule(LoRAPartModule):
         if self.hparams.log_steps:
             self.log_dict(logs, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
-
-    @override
-    def on_fit_end(self) -> None:
-        """Drop the last step's gradients, so that nothing stale is left on the shared model."""
-        super().on_fit_end()
-        for param in self.split.lora_parameters(self.trained_part).values():
-            param.grad = None

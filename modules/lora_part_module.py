@@ -60,6 +60,8 @@ class LoRAPartModule(LightningModule):
     @override
     def on_fit_end(self) -> None:
         self._end_eval_mode_quiet()  # a fit with no training (resumed from its last round) never starts it
+        for param in self.split.lora_parameters(self.trained_part).values():
+            param.grad = None  # nothing stale is left on a model other fits share
 
     def _end_eval_mode_quiet(self) -> None:
         quiet, self._eval_mode_quiet = getattr(self, "_eval_mode_quiet", None), None

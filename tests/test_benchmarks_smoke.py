@@ -294,5 +294,48 @@ def test_replicate_small_tiny_run(tmp_path, monkeypatch):
 
 def test_every_script_has_a_smoke_test():
     tested = {"round_overhead", "generation_throughput", "tokenize_gsm8k", "humaneval_sandbox", "gpu_round",
-              "compare_algorithms", "replicate_small"}
+              "compare_algorithms", "replicate_small", "kd_loss", "kd_heterogeneous"}
     assert {p.stem for p in (ROOT / "benchmarks").glob("*.py")} == tested
+
+
+# ------------------------------------------------------------------------------ kd_heterogeneous.py
+def test_kd_heterogeneous_one_quick_run_checks_the_ledger_against_the_formula(tmp_path):
+    bench = load_script("kd_heterogeneous")
+    assert bench.main(["--model", "embedded:models/stories260K", "--variants", "fed_kd_emulator", "--rounds", "1",
+                       "--local-steps", "1", "--public-examples", "2", "--out", str(tmp_path),
+                       "--fit-arg=--data.max_length=512", "--fit-arg=--federated.algorithm.init_args.kd_steps=1"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in rows] == ["fed_kd_emulator"] and rows[0]["bytes_match"]
+    assert (rows[0]["server_layers"], rows[0]["client_layers"]) == (5, 4)  # stories260K and its emulator
+    assert "| fed_kd_emulator | 5 / 4 |" in (tmp_path / "table.md").read_text()
+
+
+# ------------------------------------------------------------------------------ kd_loss.py
+def test_kd_loss_benchmark_tiny_run(tmp_path, capsys, keep_torch_threads):
+    bench = load_script("kd_loss")
+    out = tmp_path / "kd_loss.json"
+    returned = bench.main(["--vocab", "500", "--tokens", "32", "--top-k", "8", "--chunk-rows", "7", "--repeats", "1",
+                           "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res == json.loads(json.dumps(returned))
+    assert res["settings"] == {"vocab": 500, "tokens": 32, "batch": 1, "top_k": 8, "alpha": 0.9, "chunk_rows": 7,
+                               "repeats": 1, "seed": 0, "dtype": "float32"}
+    assert res["command"] == "python benchmarks/kd_loss.py --vocab 500 --tokens 32 --top-k 8 --chunk-rows 7 --repeats 1"
+    assert res["logits_bytes"] == 32 * 500 * 4
+    assert sorted(res["methods"]) == ["dense", "gathered"]
+    for method, run in res["methods"].items():
+        assert run["method"] == method and len(run["runs_s"]) == 1 and finite_positive(run["median_s"])
+        assert isinstance(run["peak_increase_bytes"], int) and run["peak_increase_bytes"] >= 0
+        assert finite_positive(run["baseline_peak_rss_bytes"]) and finite_positive(run["loss"])
+    assert finite_positive(res["ratios"]["time_dense_over_gathered"])
+    # both methods agree: in the children (same seeded inputs) and in the parent's sanity pass
+    g, d = res["methods"]["gathered"], res["methods"]["dense"]
+    for key in ("loss", "ce", "kd"):
+        assert g[key] == pytest.approx(d[key], abs=1e-5), key
+        assert res["sanity"]["gathered"][key] == pytest.approx(g[key], abs=1e-6), key
+    assert res["sanity"]["max_abs_loss_diff"] < 1e-5
+    assert res["sanity"]["max_abs_grad_diff"] < 1e-6 < res["sanity"]["max_abs_grad"]
+    text = capsys.readouterr().out
+    assert text.startswith("## KD distillation loss: gathered vs dense")
+    assert "| gathered (`distill_loss`) |" in text and "| dense (`dense_distill_loss`) |" in text
+    assert "2-core CPU, shared" in text and "dense / gathered: time x" in text

@@ -47,8 +47,8 @@ def test_loop_settings_are_checked_together():
                       client_time_limit=0, max_update_norm=-1.0)
     message = str(info.value)
     for part in (
-        ("algorithm: unknown algorithm 'fedsgd'; choose one of ['fedavg_lora', 'fedbiot', 'fedot', 'fedprox', "
-         "'offsite_tuning']"),
+        ("algorithm: unknown algorithm 'fedsgd'; choose one of ['fed_kd', 'fedavg_lora', 'fedbiot', 'fedmkt', "
+         "'fedot', 'fedprox', 'offsite_tuning']"),
         "local_steps must be an integer >= 1, got 0",
         "min_clients must be an integer >= 1, got 0",
         "on_too_few must be one of ['retry', 'stop'], got 'later'",
@@ -77,7 +77,7 @@ def test_the_cli_fails_before_training(tmp_path, capsys):
         main(["fit", "--config", str(DEFAULT_CONFIG), "--federated.algorithm", "fedsgd"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown algorithm 'fedsgd'; choose one of ['fedavg_lora', 'fedbiot', 'fedot', 'fedprox'," in err
+    assert "unknown algorithm 'fedsgd'; choose one of ['fed_kd', 'fedavg_lora', 'fedbiot', 'fedmkt', 'fedot'," in err
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(DEFAULT_CONFIG), "--model.split.init_args.lora_targets", "[q_proj, qkv]",
               "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)])

@@ -20,6 +20,7 @@ from fedbiot_pl.federation.messages import LoRAState, decode_message
 from fedbiot_pl.testing.faults import (
     CORRUPTIONS,
     GARBAGE,
+    LOGITS_CORRUPTIONS,
     InjectedCrash,
     InjectedFault,
     attach_faults,
@@ -119,7 +120,7 @@ def test_client_step_nan_or_inf_fills_the_adapter_lora_of_the_module(faults, act
         hooks.fire("client_step", round=0, client=1, attempt=0, step=5, module=module)
 
 
-@pytest.mark.parametrize("action", CORRUPTIONS)
+@pytest.mark.parametrize("action", [a for a in CORRUPTIONS if a not in LOGITS_CORRUPTIONS])
 def test_upload_corruptions_damage_the_encoded_update_and_keep_its_header(faults, action):
     payload = LoRAState(STATE).encode()
     faults([{"point": "upload", "round": 1, "client": 0, "action": action,
@@ -214,3 +215,8 @@ def test_the_launcher_refuses_invalid_faults_before_running_anything(tmp_path):
     assert "align_step has no context keys ['round']" in result.stderr
     assert "usage: python -m fedbiot_pl.testing.launch FAULTS" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["faults.json"]  # nothing was trained or written
+
+
+def test_logits_corruptions_refuse_a_lora_upload_with_a_message():
+    with pytest.raises(ValueError, match="fault action 'offsets' damages a top-k logits upload"):
+        corrupt_update(STATE, {"action": "offsets"})

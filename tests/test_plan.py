@@ -169,7 +169,7 @@ def test_module_entry_point_exits_2_without_traceback() -> None:
 def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.CaptureFixture[str]) -> None:
     plans = {p["algorithm"]: p for p in run_json(capsys, "--model", str(LLAMA2_7B), "--compare", "--clients", "3",
                                                  "--adapter-layers", "2", "--drop-rate", "0.2")}
-    assert list(plans) == ["fedbiot", "fedot", "offsite_tuning", "fedavg_lora", "fedprox"]
+    assert list(plans) == ["fedbiot", "fedot", "offsite_tuning", "fedavg_lora", "fedprox", "fed_kd", "fedmkt"]
     full, layer = 6_738_415_616, 202_383_360
     # FedAvg-LoRA: r=8 q/v LoRA on all 32 layers, the client holds (and adapts) the full model
     fedavg = plans["fedavg_lora"]
@@ -197,8 +197,11 @@ def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.
     assert fedavg["client_peak_memory"]["logits"] == 2 * 4000 * 32000 * 4
     code, text, _ = run(capsys, "--model", str(LLAMA2_7B), "--compare", "--adapter-layers", "2", "--drop-rate", "0.2")
     assert code == 0
-    assert "| fedavg_lora | 6,738,415,616 | 4,194,304 | 4,194,304 | 4,194,304 | 99.9378% | 99.9378% |" in text
-    assert "| fedbiot | 5,524,115,456 | 262,144 | 3,407,872 | 262,144 | 99.9494% | 99.9383% |" in text
+    # bytes per client and round (LoRA as float32), the round total for 1 client, the reductions vs float32 weights
+    assert ("| fedavg_lora | 6,738,415,616 | 4,194,304 | 16,777,216 B (16.0 MiB) | 16,777,216 B (16.0 MiB) "
+            "| 33,554,432 B (32.0 MiB) | 99.9378% | 99.9378% |") in text
+    assert ("| fedbiot | 5,524,115,456 | 262,144 | 13,631,488 B (13.0 MiB) | 1,048,576 B (1.0 MiB) "
+            "| 14,680,064 B (14.0 MiB) | 99.9494% | 99.9383% |") in text
 
 
 def test_algorithm_from_the_yaml_and_unknown_algorithm(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

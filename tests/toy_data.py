@@ -43,3 +43,40 @@ class ToyFederatedData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(64, seed=self.seed + 99)
+
+
+class ToyKDData(ToyFederatedData):
+    """:class:`ToyFederatedData` plus a public set of counting sequences of different lengths (for KD)."""
+
+    def __init__(self, *args, public_lengths: tuple[int, ...] = (6, 9, 12, 7, 10, 8), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lengths = public_lengths
+
+    @property
+    def num_public_examples(self) -> int:
+        return len(self.lengths)
+
+    def public_lengths(self, rows) -> list[int]:
+        return [self.lengths[row] for row in rows]
+
+    def public_row(self, row: int) -> dict[str, torch.Tensor]:
+        batch = counting_batch(torch.tensor([7 * row]), self.lengths[row], self.vocab)
+        return {key: value[0] for key, value in batch.items()}
+
+    def public_dataloader(self, rows, seed: int | None = None) -> DataLoader:
+        rows = [int(r) for r in rows]
+        if seed is not None:
+            rows = [rows[i] for i in torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+        batches = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            width = max(self.lengths[r] for r in chunk)
+            batch = {"input_ids": torch.zeros(len(chunk), width, dtype=torch.long),
+                     "attention_mask": torch.zeros(len(chunk), width, dtype=torch.long),
+                     "labels": torch.full((len(chunk), width), -100), "public_row": torch.tensor(chunk)}
+            for i, row in enumerate(chunk):
+                example, n = self.public_row(row), self.lengths[row]
+                for key in ("input_ids", "attention_mask", "labels"):
+                    batch[key][i, :n] = example[key]
+            batches.append(batch)
+        return batches

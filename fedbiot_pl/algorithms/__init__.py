@@ -8,7 +8,13 @@ algorithm           client model                 trained on clients     server a
 ``fedot``           bottom 2 + emulator + top 2  bottom + top LoRA      optional, one-shot  none
 ``fedavg_lora``     the full model               LoRA of every layer    none                none
 ``fedprox``         the full model               LoRA of every layer    none                on (A, B)
+``fed_kd``          its own full model or        its own LoRA (kept)    none (averages      none
+                    emulator + adapter                                  top-k logits)
+``fedmkt``          its own full model or        its own LoRA (kept)    KD of its LoRA on   none
+                    emulator + adapter                                  public logits
 ==================  ===========================  =====================  ==================  ============
+
+The KD algorithms (:mod:`fedbiot_pl.algorithms.kd`) share top-k logits on a public slice, not weights.
 
 "One-shot" alignment is the server's ``pre_alignment_rounds`` before round 0.
 """
@@ -27,8 +33,11 @@ from fedbiot_pl.algorithms.base import (
 from fedbiot_pl.algorithms.fedbiot import FedBiOT  # isort: skip  (registration order = the order of `plan --compare`)
 from fedbiot_pl.algorithms.fedot import FedOT, OffsiteTuning  # isort: skip
 from fedbiot_pl.algorithms.fedavg import FedAvgLoRA, FedProx  # isort: skip
+from fedbiot_pl.algorithms.kd import FedKD, KDAlgorithm  # isort: skip
+from fedbiot_pl.algorithms.fedmkt import FedMKT  # isort: skip
 
 __all__ = [
-    "ALGORITHMS", "Algorithm", "ClientOptim", "FedAvgLoRA", "FedBiOT", "FedOT", "FedProx", "LayoutRequest",
+    "ALGORITHMS", "Algorithm", "ClientOptim", "FedAvgLoRA", "FedBiOT", "FedKD", "FedMKT", "FedOT", "FedProx",
+    "KDAlgorithm", "LayoutRequest",
     "OffsiteTuning", "ProximalKind", "RunSettings", "register_algorithm", "resolve_algorithm",
 ]

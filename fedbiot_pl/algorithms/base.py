@@ -23,6 +23,7 @@ from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
+    from fedbiot_pl.federation.messages import Message
     from fedbiot_pl.model.views import ModelViews
 
 Part = Literal["emulator", "adapter", "all"]
@@ -69,6 +70,9 @@ class Algorithm:
     name: ClassVar[str] = ""
     """The config value that selects the algorithm (empty for unregistered user classes)."""
 
+    family: ClassVar[str] = "params"
+    """What the clients share: ``params`` (LoRA weights), ``kd`` (logits on public data) or ``split``."""
+
     def check(self, run: RunSettings) -> list[str]:
         """Every run setting that contradicts the algorithm, each naming the fix (empty: fine)."""
         return []
@@ -107,6 +111,64 @@ class Algorithm:
     def upload(self, views: ModelViews) -> dict[str, Tensor]:
         """What a client sends back after its fit (a detached copy)."""
         return views.lora_state(self.upload_part())
+
+    # ------------------------------------------------------------------ messages (LoRA by default)
+    def attach(self, views: ModelViews, data: Any, clients: Any) -> None:
+        """Called once per fit before the first round with the views, the data and the client side.
+
+        An algorithm that needs the public data or fits on the server keeps them (LoRA averaging needs nothing).
+        """
+
+    def broadcast_message(self, views: ModelViews, round_idx: int) -> Message:
+        """The message sent to every sampled client of round ``round_idx`` (:meth:`broadcast` as LoRA)."""
+        from fedbiot_pl.federation.messages import LoRAState
+
+        return LoRAState(self.broadcast(views, round_idx))
+
+    def upload_reference(self, views: ModelViews, message: Message, round_idx: int) -> Any:
+        """What an upload is checked against: the broadcast's part that the clients train."""
+        return {key: message.tensors[key].cpu() for key in views.lora_parameters(self.upload_part())}
+
+    def restore(self, views: ModelViews, reference: Any) -> None:
+        """Put the global state back after an attempt with too few accepted uploads."""
+        views.load_lora_state(reference)
+
+    def client_receive(self, views: ModelViews, payload: bytes, client_id: int, round_idx: int) -> None:
+        """A client takes the broadcast ``payload`` (loads the global LoRA into ``views``)."""
+        from fedbiot_pl.federation.messages import LoRAState, decode_message
+
+        views.load_lora_state(decode_message(payload, LoRAState).tensors)
+
+    def client_fits(self, data: Any, client_id: int, round_idx: int, local_steps: int) -> list[tuple[Any, int]]:
+        """The client's fits this round, in order: ``(batches, optimizer steps)`` (its private data)."""
+        return [(data.client_dataloader(client_id, round_idx), local_steps)]
+
+    def upload_message(self, views: ModelViews, client_id: int, round_idx: int) -> Message:
+        """What client ``client_id`` sends back after its fits (:meth:`upload` as LoRA)."""
+        from fedbiot_pl.federation.messages import LoRAState
+
+        return LoRAState(self.upload(views))
+
+    def receive(self, payload: bytes, reference: Any, max_norm: float | None = None) -> tuple[Any, str | None]:
+        """The server decodes and checks one upload: ``(content, None)``, ``(content, why not)`` or ``(None, why)``."""
+        from fedbiot_pl.federation.validation import receive_update
+
+        return receive_update(payload, reference, max_norm)
+
+    def personal_states(self) -> dict[int, dict[str, Tensor]]:
+        """Each client's own LoRA where clients keep models of their own (empty: they all hold the global one)."""
+        return {}
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The algorithm's own settings, by CLI name, that a resumed run must share with its checkpoint."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The algorithm's state between rounds (kept in the loop's checkpoint; empty for LoRA averaging)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
 
     def aggregate(self, uploads: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
         """The clients' accepted uploads combined (sample-weighted FedAvg)."""
@@ -168,8 +230,8 @@ def resolve_algorithm(value: str | Algorithm | type[Algorithm] | dict[str, Any])
     init_args: dict[str, Any] = {}
     if isinstance(value, dict) and "class_path" in value:
         value, init_args = value["class_path"], dict(value.get("init_args") or {})
-    if isinstance(value, str) and value in ALGORITHMS and not init_args:
-        return ALGORITHMS[value]()
+    if isinstance(value, str) and value in ALGORITHMS:
+        return _construct(ALGORITHMS[value], value, init_args)
     if isinstance(value, str) and "." in value:
         module_name, _, class_name = value.rpartition(".")
         try:
@@ -178,11 +240,18 @@ def resolve_algorithm(value: str | Algorithm | type[Algorithm] | dict[str, Any])
             raise ConfigError(f"federated.algorithm {value!r} cannot be imported ({error}).") from error
         if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
             raise ConfigError(f"federated.algorithm {value!r} is not a subclass of fedbiot_pl.algorithms.Algorithm.")
-        return cls(**init_args)
+        return _construct(cls, value, init_args)
     raise ConfigError(
         f"unknown algorithm {value!r}; choose one of {sorted(ALGORITHMS)} or give the class_path of a "
         "fedbiot_pl.algorithms.Algorithm subclass."
     )
+
+
+def _construct(cls: type[Algorithm], value: str, init_args: dict[str, Any]) -> Algorithm:
+    try:
+        return cls(**init_args)
+    except TypeError as error:  # an unknown or missing init_arg
+        raise ConfigError(f"federated.algorithm {value!r}: {error}.") from error
 
 
 def compressed_layout(num_layers: int, request: LayoutRequest, bottom_default: int) -> LayerLayout:

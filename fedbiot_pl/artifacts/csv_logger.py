@@ -23,6 +23,24 @@ _VERSION = re.compile(r"^version_(\d+)$")
 log = logging.getLogger(__name__)
 
 
+def run_versions(root_dir: str | Path) -> list[int]:
+    """The ``N`` of every ``version_N`` run folder under ``root_dir``, in increasing order."""
+    folders = Path(root_dir).glob("version_*")
+    return sorted(int(m.group(1)) for p in folders if p.is_dir() and (m := _VERSION.match(p.name)))
+
+
+def newest_run(root_dir: str | Path) -> Path:
+    """The newest ``version_N`` run folder under ``root_dir`` (``<save_dir>/<name>``).
+
+    Raises:
+        FileNotFoundError: there is none.
+    """
+    versions = run_versions(root_dir)
+    if not versions:
+        raise FileNotFoundError(f"{root_dir} holds no version_N run folder.")
+    return Path(root_dir) / f"version_{versions[-1]}"
+
+
 def resume_version(root_dir: str | Path, ckpt_path: str | Path | None) -> int | str | None:
     """The run folder (version) that fitting with ``ckpt_path`` continues, or ``None`` for a new one.
 
@@ -36,9 +54,7 @@ def resume_version(root_dir: str | Path, ckpt_path: str | Path | None) -> int | 
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
-        versions = sorted(
-            int(m.group(1)) for p in root.glob("version_*") if p.is_dir() and (m := _VERSION.match(p.name))
-        )
+        versions = run_versions(root)
         saved = [v for v in versions if any((root / f"version_{v}" / "checkpoints").glob("*.ckpt"))]
         if saved and saved[-1] != versions[-1]:
             skipped = ", ".join(f"version_{v}" for v in versions if v > saved[-1])

@@ -120,3 +120,21 @@ def export_adapters(split: ModelViews, out_dir: str | Path) -> Path:
     }
     write_text_atomic(out / "split.json", json.dumps(description, indent=2))
     return out
+
+
+def export_personal_adapters(split: ModelViews, states: dict[int, dict], out_dir: str | Path) -> list[Path]:
+    """Each client's own LoRA (KD keeps one per client) as ``out_dir/client_NNN``, like :func:`export_adapters`.
+
+    The views' LoRA is put back afterwards. Nothing is written when ``states`` is empty.
+    """
+    if not states:
+        return []
+    current = split.lora_state("all")
+    written = []
+    try:
+        for client_id, state in sorted(states.items()):
+            split.load_lora_state(state)
+            written.append(export_adapters(split, Path(out_dir) / f"client_{client_id:03d}"))
+    finally:
+        split.load_lora_state(current)
+    return written

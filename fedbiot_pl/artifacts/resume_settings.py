@@ -72,6 +72,7 @@ def run_settings(split: Any, loop: Any) -> dict[str, Any]:
         "model.split.lora_alpha": split.lora_alpha,
         "model.split.lora_targets": sorted(split.lora_targets),
     })
+    settings.update(loop.algorithm.resume_settings())
     return settings
 
 

@@ -21,7 +21,6 @@ from typing_extensions import override
 
 from fedbiot_pl import hooks
 from fedbiot_pl.federation.client_trainer import ClientDeadline, ClientTimeout, build_client_trainer, client_fit_context
-from fedbiot_pl.federation.messages import LoRAState, decode_message
 from fedbiot_pl.federation.placement import client_seed
 from fedbiot_pl.federation.transport import ClientReply
 
@@ -93,7 +92,7 @@ class LocalClients:
         dropout masks do not depend on the process, rank or order it runs in, and the server's random
         stream is left as it was.
         """
-        self.views.load_lora_state(decode_message(broadcast, LoRAState).tensors)
+        self.algorithm.client_receive(self.views, broadcast, client_id, round_idx)
         with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(client_seed(self.seed, round_idx, client_id))
             return self._run(client_id, round_idx, attempt)
@@ -110,7 +109,7 @@ class LocalClients:
             loss = self._fit(client_id, round_idx, context)
             if not math.isfinite(loss):
                 return ClientReply(client_id, loss, b"", f"non-finite mean loss {loss}")
-            payload = LoRAState(self.algorithm.upload(self.views)).encode()
+            payload = self.algorithm.upload_message(self.views, client_id, round_idx).encode()
             return ClientReply(client_id, loss, hooks.transform("upload", payload, **context))
         except ClientTimeout as error:
             return ClientReply(client_id, math.nan, b"", str(error))
@@ -123,16 +122,24 @@ class LocalClients:
                 param.grad = None
 
     def _fit(self, client_id: int, round_idx: int, context: dict[str, int]) -> float:
-        callbacks: list[Callback] = []
-        if self.fit.time_limit is not None:
-            callbacks.append(ClientDeadline(self.fit.time_limit))
-        if hooks.attached("client_step"):
-            callbacks.append(StepHookPoint(**context))
-        with client_fit_context():
-            trainer = build_client_trainer(self.device, self.precision, self.fit.local_steps,
-                                           self.fit.accumulate_grad_batches, callbacks)
-            trainer.fit(self.module, train_dataloaders=self.data.client_dataloader(client_id, round_idx))
-        if trainer.global_step != self.fit.local_steps:
-            raise RuntimeError(f"client {client_id} ran {trainer.global_step} optimizer steps, "
-                               f"expected {self.fit.local_steps}.")
+        deadline = [ClientDeadline(self.fit.time_limit)] if self.fit.time_limit is not None else []
+        fits = self.algorithm.client_fits(self.data, client_id, round_idx, self.fit.local_steps)
+        for number, (batches, steps) in enumerate(fits, start=1):
+            # the client_step hook point counts the steps of the last fit (the private data)
+            hook = [StepHookPoint(**context)] if number == len(fits) and hooks.attached("client_step") else []
+            self.fit_module(self.module, batches, steps, deadline + hook, f"client {client_id}")
         return self.module.mean_loss
+
+    def fit_module(self, module: pl.LightningModule, batches: Any, steps: int, callbacks: list[Callback] | None = None,
+                   who: str = "the server") -> None:
+        """Fit ``module`` for ``steps`` optimizer steps on ``batches`` with a fresh lean Trainer (and optimizer).
+
+        Raises:
+            RuntimeError: the fit took another number of steps (too few batches).
+        """
+        with client_fit_context():
+            trainer = build_client_trainer(self.device, self.precision, steps, self.fit.accumulate_grad_batches,
+                                           list(callbacks or []))
+            trainer.fit(module, train_dataloaders=batches)
+        if trainer.global_step != steps:
+            raise RuntimeError(f"{who} ran {trainer.global_step} optimizer steps, expected {steps}.")

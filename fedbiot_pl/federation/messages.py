@@ -123,3 +123,20 @@ class LoRAState(Message):
         from fedbiot_pl.federation.validation import update_problem
 
         return None if reference is None else update_problem(self.tensors, reference, max_norm)
+
+
+@register_message
+@dataclass
+class LogitsMessage(Message):
+    """Top-k logits on public examples (:class:`~fedbiot_pl.distillation.topk.TopK`): a KD upload or broadcast."""
+
+    kind: ClassVar[str] = "topk_logits"
+
+    def problem(self, reference: Any = None, **limits: Any) -> str | None:
+        """An upload must cover the round's public slice ``reference`` exactly, with finite values in range.
+
+        (:func:`~fedbiot_pl.federation.validation.logits_problem`.)
+        """
+        from fedbiot_pl.federation.validation import logits_problem
+
+        return None if reference is None else logits_problem(self.tensors, reference)

@@ -7,11 +7,12 @@ callback calls it from Lightning's hooks.
 One round ``t`` (attempt ``a``; a retry samples again with ``attempt=a``)::
 
     sample_clients(seed, t, a) -> clients
-    algorithm.broadcast(views, t) -> LoRAState -> bytes          ledger: tensor bytes x clients
+    algorithm.broadcast_message(views, t) -> Message -> bytes    ledger: tensor bytes x clients
     transport.exchange(clients, bytes, client_fn) -> replies     ledger: wire bytes down and up
-        client_fn: load broadcast, fit client module, algorithm.upload -> bytes
-    per reply: dropped? | decode + LoRAState.problem (keys, shapes, finite, norm)? -> accept
-    fewer than min_clients accepted -> restore the global state, retry or stop
+        client_fn: algorithm.client_receive, fit algorithm.client_fits, algorithm.upload_message -> bytes
+    per reply: dropped? | algorithm.receive: decode + Message.problem (LoRA: keys, shapes, finite,
+        norm; logits: slice, shapes, finite, indices)? -> accept
+    fewer than min_clients accepted -> algorithm.restore the global state, retry or stop
     algorithm.aggregate(accepted, weights) [-> server_optimizer.step] -> algorithm.apply(views, .)
     algorithm.server_steps(t) alignment steps (the loop's server epoch, or ``server_step`` here)
 """
@@ -28,10 +29,8 @@ from typing import Any
 from fedbiot_pl.federation.attempts import RoundAttempt, TooFewClientsError, round_record, too_few_message
 from fedbiot_pl.federation.client import ClientData, LocalClients
 from fedbiot_pl.federation.ledger import CommLedger
-from fedbiot_pl.federation.messages import LoRAState
 from fedbiot_pl.federation.sampling import sample_clients
 from fedbiot_pl.federation.transport import InProcessTransport, Transport
-from fedbiot_pl.federation.validation import receive_update
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ class RoundRunner:
         self.ledger = ledger if ledger is not None else CommLedger()
         self.transport = transport if transport is not None else InProcessTransport(self.ledger)
         self.server_optimizer = server_optimizer
+        algorithm.attach(views, data, clients)
 
     def run_round(self, round_idx: int, server_step: Callable[[int], Any] | None = None,
                   align_steps: int = 0) -> RoundResult:
@@ -121,18 +121,18 @@ class RoundRunner:
         for attempt in range(1 + (settings.max_round_retries if settings.on_too_few == "retry" else 0)):
             clients = sample_clients(self.data.num_clients, settings.clients_per_round, settings.seed, round_idx,
                                      attempt)
-            state = self.algorithm.broadcast(self.views, round_idx)
-            self.ledger.record_down(state, len(clients))
-            # The upload's reference: what the clients received of the part they train.
-            global_part = {key: state[key] for key in self.views.lora_parameters(self.algorithm.upload_part())}
-            result = RoundAttempt(attempt, clients, reference={k: v.cpu() for k, v in global_part.items()})
+            message = self.algorithm.broadcast_message(self.views, round_idx)
+            self.ledger.record_down(message.tensors, len(clients))
+            # The upload's reference (LoRA: what the clients received of the part they train).
+            result = RoundAttempt(attempt, clients,
+                                  reference=self.algorithm.upload_reference(self.views, message, round_idx))
             client_fn = partial(self.clients.run, round_idx=round_idx, attempt=attempt)
-            for reply in self.transport.exchange(clients, LoRAState(state).encode(), client_fn):
+            for reply in self.transport.exchange(clients, message.encode(), client_fn):
                 self._receive(result, reply, round_idx)
             attempts.append(result)
             if len(result.uploads) >= settings.min_clients:
                 return attempts
-            self.views.load_lora_state(global_part)  # the clients' fits left their LoRA in the shared views
+            self.algorithm.restore(self.views, result.reference)  # the clients' fits left their LoRA in the views
             log.warning("round %d, attempt %d: %d accepted updates, fewer than min_clients=%d.",
                         round_idx, attempt + 1, len(result.uploads), settings.min_clients)
         message = too_few_message(round_idx, attempts, settings.min_clients, settings.on_too_few)
@@ -145,7 +145,7 @@ class RoundRunner:
             log.warning("round %d: client %d dropped: %s", round_idx, client_id, reply.dropped)
             result.drop(client_id, reply.dropped)
             return
-        update, problem = receive_update(reply.payload, result.reference, self.settings.max_update_norm)
+        update, problem = self.algorithm.receive(reply.payload, result.reference, self.settings.max_update_norm)
         if update is None:
             self.ledger.record_up_bytes(len(reply.payload))  # it travelled, but could not be read
         else:

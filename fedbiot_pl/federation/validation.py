@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -87,3 +88,58 @@ def receive_update(
     except ValueError as error:
         return None, f"unreadable upload: {error}"
     return message.tensors, message.problem(reference, max_norm)
+
+
+def logits_problem(tensors: Mapping[str, Tensor], reference: Any) -> str | None:
+    """Why a top-k logits upload must not be used, or ``None`` when it may.
+
+    ``reference`` is the round's :class:`~fedbiot_pl.distillation.public.PublicSlice`. The upload must
+    hold exactly ``values``, ``indices``, ``offsets``, ``metric`` and ``rows``; ``values`` fp16 and
+    ``indices`` (uint16 up to 65,536 entries, else int32) of shape ``(N_tok, k)``; ``rows`` the slice's
+    rows; ``offsets`` int32 from 0 with each example's kept tokens; finite values; a metric (a
+    cross-entropy) that is not NaN and not negative (+Inf: an example without label tokens); every
+    index inside the vocabulary. Every problem is listed, separated by ``"; "``.
+    """
+    from fedbiot_pl.distillation.topk import TopK, index_dtype
+
+    keys = set(TopK.KEYS)
+    missing, extra = sorted(keys - set(tensors)), sorted(set(tensors) - keys)
+    if missing or extra:
+        return "; ".join([f"missing tensors {missing}"] * bool(missing) + [f"unexpected tensors {extra}"] * bool(extra))
+    values, indices, offsets, metric, rows = (tensors[key] for key in TopK.KEYS)
+    examples, tokens, k = len(reference.rows), reference.tokens, reference.top_k
+    expected = {
+        "values": ((tokens, k), torch.float16), "indices": ((tokens, k), index_dtype(reference.vocab_size)),
+        "offsets": ((examples + 1,), torch.int32), "metric": ((examples,), torch.float32),
+        "rows": ((examples,), torch.int32),
+    }
+    problems = [
+        f"{key} {tuple(tensors[key].shape)} {tensors[key].dtype} instead of {shape} {dtype}"
+        for key, (shape, dtype) in expected.items()
+        if tuple(tensors[key].shape) != shape or tensors[key].dtype != dtype
+    ]
+    if problems:
+        return "; ".join(problems)
+    if rows.tolist() != list(reference.rows):
+        problems.append("rows are not the round's public slice")
+    lengths = (offsets[1:].long() - offsets[:-1].long()).tolist()
+    if int(offsets[0]) != 0 or lengths != list(reference.lengths):
+        problems.append("offsets do not match the public examples' token counts")
+    if not bool(torch.isfinite(values).all()):
+        problems.append(f"NaN/Inf in {int((~torch.isfinite(values)).sum())} logit values")
+    if not bool((metric >= 0).all()):  # a cross-entropy: >= 0, +inf for an example without label tokens
+        problems.append("the per-example metric (a cross-entropy) has NaN or negative values")
+    if indices.numel() and (int(indices.long().min()) < 0 or int(indices.long().max()) >= reference.vocab_size):
+        problems.append(f"indices outside the vocabulary [0, {reference.vocab_size})")
+    return "; ".join(problems) or None
+
+
+def receive_logits(payload: bytes, reference: Any) -> tuple[dict[str, Tensor] | None, str | None]:
+    """Decode a top-k logits upload and check it (:func:`logits_problem`); like :func:`receive_update`."""
+    from fedbiot_pl.federation.messages import LogitsMessage
+
+    try:
+        message = decode_message(payload, LogitsMessage)
+    except ValueError as error:
+        return None, f"unreadable upload: {error}"
+    return message.tensors, message.problem(reference)

@@ -29,8 +29,9 @@ in-process stand-in for the process dying), ``raise`` (:class:`InjectedFault`, a
 so a client fit that raises it is dropped) and ``sleep`` (``seconds``, default 1) work at every
 point; ``nan``/``inf`` at ``client_step`` fill the adapter LoRA with NaN/Inf (so the loss is NaN);
 at ``upload`` the update is damaged by ``nan``, ``inf``, ``missing_key``, ``extra_key``, ``shape``,
-``dtype``, ``scale`` (multiplied by ``factor``, default 1e6) or replaced by ``garbage`` bytes
-(:func:`corrupt_update`).
+``dtype``, ``scale`` (multiplied by ``factor``, default 1e6) or replaced by ``garbage`` bytes; a top-k
+logits upload also by ``index_range`` (an index past the vocabulary) and ``offsets`` (one example a
+token longer) (:func:`corrupt_update`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ POINT_CONTEXT = {
 }
 CONTEXT_KEYS = ("round", "client", "attempt", "step", "epoch", "name")
 BASIC_ACTIONS = ("kill", "crash", "raise", "sleep")
-CORRUPTIONS = ("nan", "inf", "missing_key", "extra_key", "shape", "dtype", "scale", "garbage")
+LOGITS_CORRUPTIONS = ("index_range", "offsets")  # of a top-k logits upload only
+CORRUPTIONS = ("nan", "inf", "missing_key", "extra_key", "shape", "dtype", "scale", "garbage", *LOGITS_CORRUPTIONS)
 ACTIONS = (*BASIC_ACTIONS, *CORRUPTIONS)
 POINT_ACTIONS = {point: BASIC_ACTIONS for point in POINTS} | {
     "client_step": (*BASIC_ACTIONS, "nan", "inf"),
@@ -183,10 +185,11 @@ def corrupt_update(state: Mapping[str, Tensor], fault: Mapping[str, Any]) -> dic
         fault: A fault (only ``action`` and, for ``scale``, ``factor`` are read).
 
     Returns:
-        A new dict: the first key (in sorted order) set to NaN/Inf at its first element (``nan``,
-        ``inf``), removed (``missing_key``), joined by ``<first>.extra`` (``extra_key``), one row
-        longer (``shape``), float64 (``dtype``), or every tensor times ``factor`` (``scale``);
-        ``garbage`` gives bytes that are no safetensors buffer.
+        A new dict: the first key in sorted order (of a logits upload: ``values``) set to NaN/Inf at
+        its first element (``nan``, ``inf``), removed (``missing_key``), joined by ``<first>.extra``
+        (``extra_key``), one row longer (``shape``), float64 (``dtype``), or every tensor times ``factor`` (``scale``);
+        ``garbage`` gives bytes that are no safetensors buffer. For logits: ``index_range`` sets the
+        first index to 65,535 (past a small vocabulary), ``offsets`` adds 1 to every offset but the first.
     """
     action = fault["action"]
     if action == "garbage":
@@ -194,6 +197,7 @@ def corrupt_update(state: Mapping[str, Tensor], fault: Mapping[str, Any]) -> dic
     state = dict(state)
     first = min(state)
     if action in ("nan", "inf"):
+        first = "values" if "values" in state and "indices" in state else first
         damaged = state[first].clone()
         damaged.view(-1)[0] = float(action)
         state[first] = damaged
@@ -205,6 +209,13 @@ def corrupt_update(state: Mapping[str, Tensor], fault: Mapping[str, Any]) -> dic
         state[first] = torch.cat([state[first], state[first][:1]])
     elif action == "dtype":
         state[first] = state[first].double()
+    elif action in LOGITS_CORRUPTIONS and "indices" not in state:
+        raise ValueError(f"fault action {action!r} damages a top-k logits upload; this upload has {sorted(state)}.")
+    elif action == "index_range":
+        state["indices"] = state["indices"].clone()
+        state["indices"].view(-1)[0] = 65_535
+    elif action == "offsets":
+        state["offsets"] = torch.cat([state["offsets"][:1], state["offsets"][1:] + 1])
     elif action == "scale":
         state = {key: value * float(fault.get("factor", 1e6)) for key, value in state.items()}
     return state
