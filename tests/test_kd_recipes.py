@@ -53,3 +53,13 @@ def test_kd_recipe_runs_and_the_ledger_equals_the_formula(tmp_path, algorithm):
     history = json.loads((run / "client_validation.json").read_text())
     assert [h["round"] for h in history] == [0.0, 1.0]
     assert history[-1]["total_bytes"] == ledger["bytes_up"] + ledger["bytes_down"]
+
+
+def test_a_bad_kd_setting_on_the_command_line_is_a_message_not_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *configs("fedmkt"), "--federated.algorithm.init_args.top_k=0",
+              "--federated.algorithm.init_args.kd_alpha=2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "federated.algorithm.init_args: top_k must be an integer >= 1, got 0." in err
+    assert "federated.algorithm.init_args: kd_alpha must be in [0, 1] (the weight of the label CE), got 2.0." in err

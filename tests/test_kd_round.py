@@ -117,9 +117,11 @@ def test_kd_state_survives_a_checkpoint_round_trip(tmp_path):
 
 
 def test_bad_kd_settings_are_all_named_at_once():
-    with pytest.raises(ConfigError) as error:
-        FedMKT(top_k=0, kd_alpha=1.5, temperature=0, public_examples=-1, distill_strategy="best")
+    with pytest.raises(ConfigError) as error:  # reported by the loop's one validation step, with its own
+        FederatedLoop(algorithm=FedMKT(top_k=0, kd_alpha=1.5, temperature=0, public_examples=-1,
+                                       distill_strategy="best"), local_steps=0)
     text = str(error.value)
+    assert "local_steps must be an integer >= 1" in text
     for fragment in ("top_k must be an integer >= 1, got 0", "kd_alpha must be in [0, 1]", "temperature must be > 0",
                      "public_examples must be an integer >= 1 or null, got -1", "distill_strategy must be one of"):
         assert fragment in text

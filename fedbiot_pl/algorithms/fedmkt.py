@@ -10,7 +10,6 @@ from fedbiot_pl.algorithms.base import register_algorithm
 from fedbiot_pl.algorithms.kd import ClientModel, KDAlgorithm
 from fedbiot_pl.distillation.targets import STRATEGIES, select_targets
 from fedbiot_pl.distillation.topk import TopK
-from fedbiot_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +32,11 @@ class FedMKT(KDAlgorithm):
                  public_examples: int | None = 50, kd_steps: int | None = None, client_model: ClientModel = "full",
                  server_trains: bool = True, distill_strategy: Literal["greater", "weighted_mean", "mean"] = "greater",
                  server_kd_steps: int | None = None) -> None:
-        issues = []
+        super().__init__(top_k, temperature, kd_alpha, public_examples, kd_steps, client_model)
         if distill_strategy not in STRATEGIES:
-            issues.append(f"distill_strategy must be one of {list(STRATEGIES)}, got {distill_strategy!r}.")
+            self.setting_issues.append(f"distill_strategy must be one of {list(STRATEGIES)}, got {distill_strategy!r}.")
         if server_kd_steps is not None and (not isinstance(server_kd_steps, int) or server_kd_steps < 1):
-            issues.append(f"server_kd_steps must be an integer >= 1 or null, got {server_kd_steps!r}.")
-        try:
-            super().__init__(top_k, temperature, kd_alpha, public_examples, kd_steps, client_model)
-        except ConfigError as error:
-            issues = [line.strip() for line in str(error).splitlines()[1:]] + issues
-        if issues:
-            raise ConfigError("Invalid fedmkt settings:\n  " + "\n  ".join(issues))
+            self.setting_issues.append(f"server_kd_steps must be an integer >= 1 or null, got {server_kd_steps!r}.")
         self.server_trains, self.distill_strategy = server_trains, distill_strategy
         self.server_kd_steps = server_kd_steps
         self._server_module: Any = None

@@ -73,6 +73,9 @@ class KDAlgorithm(Algorithm):
         kd_steps: a client's KD optimizer steps per round (``null``: one pass over the slice, FedMKT's epoch).
         client_model: ``full`` = the server's model with LoRA on every layer; ``emulator`` = FedBiOT's
             compressed model (``model.split.drop_rate``, ``adapter_layers``).
+
+    Bad values do not raise here: :meth:`check` reports them with the run's other settings (the
+    loop's one validation step at start-up), so that every bad value is named at once.
     """
 
     family: ClassVar[str] = "kd"
@@ -93,8 +96,7 @@ class KDAlgorithm(Algorithm):
             issues.append(f"kd_alpha must be in [0, 1] (the weight of the label CE), got {kd_alpha!r}.")
         if client_model not in ("full", "emulator"):
             issues.append(f"client_model must be 'full' or 'emulator', got {client_model!r}.")
-        if issues:
-            raise ConfigError(f"Invalid {self.name or type(self).__name__} settings:\n  " + "\n  ".join(issues))
+        self.setting_issues = issues  # reported by check(), with the run's other settings, all at once
         self.top_k, self.temperature, self.kd_alpha = top_k, float(temperature), float(kd_alpha)
         self.public_examples, self.kd_steps, self.client_model = public_examples, kd_steps, client_model
         self._clients: dict[int, dict[str, Tensor]] = {}
@@ -128,8 +130,8 @@ class KDAlgorithm(Algorithm):
         return align_steps if round_idx is None and self.client_model == "emulator" else 0
 
     def check(self, run: RunSettings) -> list[str]:
-        """No proximal term; pre-alignment only when clients hold an emulator."""
-        issues = []
+        """The algorithm's own bad settings; no proximal term; pre-alignment only when clients hold an emulator."""
+        issues = [f"federated.algorithm.init_args: {issue}" for issue in self.setting_issues]
         if run.proximal_weight:
             issues.append(f"algorithm {self.name!r} shares logits, not weights: set proximal_weight to 0 "
                           f"(got {run.proximal_weight}).")
