@@ -18,23 +18,33 @@ from fedbiot_pl.modules.generation_module import Variant
 
 
 @torch.no_grad()
-def token_mean_loss(model: nn.Module, loaders: list[Any], device: torch.device) -> float:
-    """Cross-entropy of ``model`` averaged over every label token of every batch of ``loaders``."""
+def token_loss_sum(model: nn.Module, loaders: list[Any], device: torch.device) -> tuple[float, int]:
+    """Cross-entropy of ``model`` summed over every label token of every batch of ``loaders``, and the token count."""
     total, tokens = torch.zeros((), dtype=torch.float64), 0
     for loader in loaders:
         for batch in loader:
             labels = batch["labels"].to(device)
+            count = int((labels[:, 1:] != -100).sum())
+            if count == 0:  # no label token: nothing to score (its mean loss would be NaN)
+                continue
             out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                         labels=labels, use_cache=False)
-            count = int((labels[:, 1:] != -100).sum())
             total += out.loss.double().cpu() * count
             tokens += count
+    return float(total), tokens
+
+
+def _mean(total: float, tokens: int) -> float:
     if tokens == 0:
         raise ValueError("the client validation data has no label tokens; set data.val_fraction > 0.")
-    return float(total / tokens)
+    return total / tokens
 
 
-@torch.no_grad()
+def token_mean_loss(model: nn.Module, loaders: list[Any], device: torch.device) -> float:
+    """Cross-entropy of ``model`` averaged over every label token of every batch of ``loaders``."""
+    return _mean(*token_loss_sum(model, loaders, device))
+
+
 def personal_mean_loss(split: Any, states: dict[int, dict[str, Tensor]], loaders: list[Any],
                        device: torch.device) -> float:
     """Token-weighted CE of each client's own model (``states``; else the views' LoRA) on the client's rows."""
@@ -43,15 +53,11 @@ def personal_mean_loss(split: Any, states: dict[int, dict[str, Tensor]], loaders
     try:
         for client_id, loader in enumerate(loaders):
             split.load_lora_state(states.get(client_id, current))
-            count = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in loader)
-            if count:
-                total += token_mean_loss(split.compressed, [loader], device) * count
-                tokens += count
+            client_total, client_tokens = token_loss_sum(split.compressed, [loader], device)
+            total, tokens = total + client_total, tokens + client_tokens
     finally:
         split.load_lora_state(current)
-    if tokens == 0:
-        raise ValueError("the client validation data has no label tokens; set data.val_fraction > 0.")
-    return total / tokens
+    return _mean(total, tokens)
 
 
 class ClientValidation(Callback):
@@ -107,14 +113,12 @@ class ClientValidation(Callback):
                 entry[f"{variant}_loss"] = float(trainer.callback_metrics[key])
                 continue
             loaders = loaders or [data.client_val_dataloader(c) for c in range(data.num_clients)]
-            if own_models:  # KD: each client's held-out rows scored with its own model
+            if own_models:  # KD: each client's rows scored with its own model, not the module's val/adapemu_loss
+                key = "val/clients_own_loss"
                 entry[f"{variant}_loss"] = personal_mean_loss(split, personal, loaders, pl_module.device)
             else:
                 entry[f"{variant}_loss"] = token_mean_loss(models[variant], loaders, pl_module.device)
-            if own_models:  # not the module's val/adapemu_loss (the server's model): another key
-                pl_module.log("val/clients_own_loss", entry[f"{variant}_loss"], on_epoch=True)
-            else:
-                pl_module.log(key, entry[f"{variant}_loss"], on_epoch=True)
+            pl_module.log(key, entry[f"{variant}_loss"], on_epoch=True)
         self.history.append(entry)
         if trainer.is_global_zero and trainer.log_dir:
             text = json.dumps(self.history, indent=2)

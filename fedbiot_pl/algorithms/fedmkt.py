@@ -62,7 +62,8 @@ class FedMKT(KDAlgorithm):
             self._server_module = DistillFinetuneModule(
                 views, self.kd_alpha, "full_with_adapter" if self.client_model == "emulator" else "compressed",
                 module.hparams.lr, tuple(module.hparams.betas), module.hparams.weight_decay, log_steps=False)
-        self._kd_fit(self._server_module, targets, self.server_kd_steps, seed=self._runtime[2].seed)
+        clients = self._runtime[2]
+        clients.fit_module(self._server_module, *self._kd_batches(targets, self.server_kd_steps, clients.seed))
         if not math.isfinite(self._server_module.mean_loss):  # never let a bad round poison the global model
             log.warning("the server's KD fit ended with a non-finite loss (%s): its LoRA stays as before the round, "
                         "and it answers with its own logits.", self._server_module.mean_loss)

@@ -173,21 +173,26 @@ class KDAlgorithm(Algorithm):
         """The clients' (and server's) vocabulary."""
         return int(self._runtime[0].full.config.vocab_size)
 
+    def public_rows(self, round_idx: int) -> list[int]:
+        """Round ``round_idx``'s public rows (the same for every party)."""
+        _, data, clients = self._runtime
+        return public_rows(data.num_public_examples, self.public_examples, clients.seed, round_idx)
+
     def public_slice(self, round_idx: int) -> PublicSlice:
         """Round ``round_idx``'s public rows and their kept tokens."""
-        _, data, clients = self._runtime
-        rows = public_rows(data.num_public_examples, self.public_examples, clients.seed, round_idx)
-        lengths = [max(length - 1, 0) for length in data.public_lengths(rows)]
+        rows = self.public_rows(round_idx)
+        lengths = [max(length - 1, 0) for length in self._runtime[1].public_lengths(rows)]
         return PublicSlice(tuple(rows), tuple(lengths), self.vocab_size, self.top_k)
 
     def _topk(self, model: Any, rows: Sequence[int]) -> TopK:
         _, data, clients = self._runtime
         return collect_topk(model, data.public_dataloader(rows), self.top_k, self.vocab_size, clients.device)
 
-    def _kd_fit(self, module: Any, targets: TopK, steps: int | None, seed: int) -> None:
+    def _kd_batches(self, targets: TopK, steps: int | None, seed: int) -> tuple[TargetBatches, int]:
+        """The public batches of ``targets``' rows with the targets attached, and the fit's optimizer steps."""
         _, data, clients = self._runtime
         batches = TargetBatches(data.public_dataloader(targets.rows.tolist(), seed=seed), targets, self.temperature)
-        clients.fit_module(module, batches, steps or pass_steps(len(batches), clients.fit.accumulate_grad_batches))
+        return batches, steps or pass_steps(len(batches), clients.fit.accumulate_grad_batches)
 
     # ------------------------------------------------------------------ messages
     def broadcast_message(self, views: Any, round_idx: int) -> Any:
@@ -221,9 +226,7 @@ class KDAlgorithm(Algorithm):
         targets = self._targets
         if targets is not None and targets.num_examples:
             seed = client_seed(self._runtime[2].seed, round_idx, client_id)
-            loader = TargetBatches(data.public_dataloader(targets.rows.tolist(), seed=seed), targets, self.temperature)
-            steps = self.kd_steps or pass_steps(len(loader), self._runtime[2].fit.accumulate_grad_batches)
-            fits.append((loader, steps))
+            fits.append(self._kd_batches(targets, self.kd_steps, seed))
         return fits + [(data.client_dataloader(client_id, round_idx), local_steps)]
 
     def upload_message(self, views: Any, client_id: int, round_idx: int) -> Any:
@@ -231,14 +234,15 @@ class KDAlgorithm(Algorithm):
         from fedbiot_pl.federation.messages import LogitsMessage
 
         self._clients[client_id] = cpu_state(views.lora_state("adapter"))
-        payload = self._topk(views.compressed, self.public_slice(round_idx).rows)
+        payload = self._topk(views.compressed, self.public_rows(round_idx))
         return LogitsMessage(payload.tensors(), {"round": str(round_idx)})
 
     def receive(self, payload: bytes, reference: Any, max_norm: float | None = None) -> tuple[Any, str | None]:
         """Decode and check a logits upload (:func:`~fedbiot_pl.federation.validation.logits_problem`)."""
-        from fedbiot_pl.federation.validation import receive_logits
+        from fedbiot_pl.federation.messages import LogitsMessage
+        from fedbiot_pl.federation.validation import receive_message
 
-        return receive_logits(payload, reference)
+        return receive_message(payload, LogitsMessage, reference)
 
     def aggregate(self, uploads: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> Any:
         """The accepted payloads and their weights (the server's step is in :meth:`apply`)."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedbiot_pl.federation.messages import LoRAState, decode_message
+from fedbiot_pl.federation.messages import LoRAState, Message, decode_message
 
 _SHOWN = 3  # keys named per problem; the rest are counted
 
@@ -71,23 +71,28 @@ def update_problem(
     return "; ".join(problems) or None
 
 
+def receive_message(payload: bytes, kind: type[Message], reference: Any,
+                    **limits: Any) -> tuple[dict[str, Tensor] | None, str | None]:
+    """Decode an upload of message ``kind`` and check it against ``reference`` (:meth:`Message.problem`).
+
+    Safetensors only: nothing is unpickled.
+
+    Returns:
+        ``(tensors, None)`` for an acceptable upload; ``(tensors, reason)`` for a decoded but invalid
+        one; ``(None, reason)`` for a payload that is not a ``kind`` message.
+    """
+    try:
+        message = decode_message(payload, kind)
+    except ValueError as error:
+        return None, f"unreadable upload: {error}"
+    return message.tensors, message.problem(reference, **limits)
+
+
 def receive_update(
     payload: bytes, reference: Mapping[str, Tensor], max_norm: float | None = None
 ) -> tuple[dict[str, Tensor] | None, str | None]:
-    """Decode an upload and validate it.
-
-    The upload is a :class:`~fedbiot_pl.federation.messages.LoRAState` message (safetensors only:
-    nothing is unpickled).
-
-    Returns:
-        ``(update, None)`` for an acceptable update; ``(update, reason)`` for a decoded but invalid
-        one (see :func:`update_problem`); ``(None, reason)`` for a payload that is not a LoRA message.
-    """
-    try:
-        message = decode_message(payload, LoRAState)
-    except ValueError as error:
-        return None, f"unreadable upload: {error}"
-    return message.tensors, message.problem(reference, max_norm)
+    """Decode a :class:`~fedbiot_pl.federation.messages.LoRAState` upload and validate it (:func:`update_problem`)."""
+    return receive_message(payload, LoRAState, reference, max_norm=max_norm)
 
 
 def logits_problem(tensors: Mapping[str, Tensor], reference: Any) -> str | None:
@@ -133,13 +138,3 @@ def logits_problem(tensors: Mapping[str, Tensor], reference: Any) -> str | None:
         problems.append(f"indices outside the vocabulary [0, {reference.vocab_size})")
     return "; ".join(problems) or None
 
-
-def receive_logits(payload: bytes, reference: Any) -> tuple[dict[str, Tensor] | None, str | None]:
-    """Decode a top-k logits upload and check it (:func:`logits_problem`); like :func:`receive_update`."""
-    from fedbiot_pl.federation.messages import LogitsMessage
-
-    try:
-        message = decode_message(payload, LogitsMessage)
-    except ValueError as error:
-        return None, f"unreadable upload: {error}"
-    return message.tensors, message.problem(reference)
