@@ -56,11 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fit(algorithm: str, args: argparse.Namespace, out: Path) -> float:
-    """Train one algorithm in its own process; returns the wall time of the fit in seconds."""
+def fit(algorithm: str, args: argparse.Namespace, out: Path, recipe: Path | None = None) -> float:
+    """Train one algorithm in its own process (``recipe``: the task's YAML, default ``configs/<task>.yaml``).
+
+    Returns the wall time of the fit in seconds.
+    """
     command = [
         sys.executable, str(ROOT / "train.py"), "fit",
-        "--config", str(ROOT / "configs" / f"{args.task}.yaml"),
+        "--config", str(recipe or ROOT / "configs" / f"{args.task}.yaml"),
         "--config", str(ROOT / "configs" / "algorithms" / f"{algorithm}.yaml"),
         f"--seed_everything={args.seed}", f"--federated.rounds={args.rounds}",
         f"--federated.local_steps={args.local_steps}", f"--data.val_fraction={args.val_fraction}",

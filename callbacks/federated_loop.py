@@ -162,7 +162,7 @@ class FederatedLoop(Callback):
             self.server_optimizer = make_server_optimizer(server_optimizer)
         except ValueError as error:
             issues.append(f"server_optimizer: {error}")
-        if max_update_norm is not None and self.algorithm is not None and self.algorithm.family != "params":
+        if max_update_norm is not None and self.algorithm is not None and self.algorithm.family == "kd":
             issues.append(f"max_update_norm bounds a LoRA update's change; algorithm {self.algorithm.label!r} shares "
                           f"{self.algorithm.family} updates: set max_update_norm to null.")
         if self.server_optimizer is not None and self.algorithm is not None and self.algorithm.family != "params":

@@ -17,6 +17,23 @@ from fedbiot_pl.modules import EmulatorAlignmentModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# --- the `fedbiot-plan` command ---------------------------------------------------------------------------------
+def plan_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``fedbiot-plan`` run in-process on ``argv``: its exit code, stdout and stderr."""
+    from fedbiot_pl.plan import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def plan_json(capsys: pytest.CaptureFixture[str], *argv: str):
+    """``fedbiot-plan ... --json``'s object (the command must succeed)."""
+    code, out, err = plan_cli(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
 # --- the federated loop on the real pretrained stories260K ------------------------------------------------------
 
 # stories260K: q_proj 64->64 and v_proj 64->32 (4 KV heads x 8), r = 8

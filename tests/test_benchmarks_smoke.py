@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import random
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +31,7 @@ def load_script(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as a module (its ``if __name__ == "__main__"`` block does not run)."""
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
 
@@ -294,7 +296,7 @@ def test_replicate_small_tiny_run(tmp_path, monkeypatch):
 
 def test_every_script_has_a_smoke_test():
     tested = {"round_overhead", "generation_throughput", "tokenize_gsm8k", "humaneval_sandbox", "gpu_round",
-              "compare_algorithms", "replicate_small", "kd_loss", "kd_heterogeneous"}
+              "compare_algorithms", "replicate_small", "kd_loss", "kd_heterogeneous", "compare_frameworks"}
     assert {p.stem for p in (ROOT / "benchmarks").glob("*.py")} == tested
 
 
@@ -339,3 +341,42 @@ def test_kd_loss_benchmark_tiny_run(tmp_path, capsys, keep_torch_threads):
     assert text.startswith("## KD distillation loss: gathered vs dense")
     assert "| gathered (`distill_loss`) |" in text and "| dense (`dense_distill_loss`) |" in text
     assert "2-core CPU, shared" in text and "dense / gathered: time x" in text
+
+
+# ------------------------------------------------------------------------------ compare_frameworks.py
+def test_compare_frameworks_settings_vary_one_thing_at_a_time():
+    bench = load_script("compare_frameworks")
+    args = bench.parse_args(["--clients", "3", "6", "--cut-layers", "2", "1", "--top-ks", "32", "8"])
+    names = [s.name for s in bench.settings(args)]
+    assert names == ["fedavg_lora-c3", "fedbiot-c3", "fed_kd-c3-k32", "splitfed_lora-c3-cut2",
+                     "splitfed_lora_u-c3-cut2",
+                     "splitfed_lora-c3-cut1", "splitfed_lora_u-c3-cut1", "fed_kd-c3-k8",
+                     "fedavg_lora-c6", "fedbiot-c6", "fed_kd-c6-k32", "splitfed_lora-c6-cut2",
+                     "splitfed_lora_u-c6-cut2"]
+    cut = ["--data.num_clients=3", "--federated.algorithm.init_args.cut_layer=1"]
+    assert bench.settings(args)[5].fit_args() == cut
+
+
+def test_compare_frameworks_one_quick_split_sweep(tmp_path, monkeypatch):
+    """Two ``train.py fit`` processes (the vanilla split at two cuts), one round of one step each."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    bench = load_script("compare_frameworks")
+    out = tmp_path / "frameworks"
+    quick = ["--data.max_public_examples=4", "--data.batch_size=2", "--federated.client_accumulate_grad_batches=1",
+             "--trainer.accumulate_grad_batches=1", f"--data.cache_dir={tmp_path / 'datasets'}"]
+    assert bench.main(["--algorithms", "splitfed_lora", "--cut-layers", "2", "1", "--rounds", "1",
+                       "--local-steps", "1", "--out", str(out), *(f"--fit-arg={arg}" for arg in quick)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in rows] == ["splitfed_lora-c3-cut2", "splitfed_lora-c3-cut1"]
+    for row in rows:
+        for key in ("clients_loss", "bytes_per_round", "client_flops_per_token", "server_flops_per_client_token",
+                    "client_memory", "wall_s"):
+            assert finite_positive(row[key]), key
+        # 3 clients x 1 micro-batch of 2 rows: the activations up equal the gradients down
+        split = row["split_bytes_per_round"]
+        assert split["up/activations"] == split["down/gradients"] > 0 and split["down/loss"] == 3 * 4
+    # a lower cut: less client compute, more server compute, the same activation bytes
+    assert rows[1]["client_flops_per_token"] < rows[0]["client_flops_per_token"]
+    assert rows[1]["server_flops_per_client_token"] > rows[0]["server_flops_per_client_token"]
+    assert "| splitfed_lora-c3-cut1 | split |" in (out / "table.md").read_text()
+    assert (out / "loss_vs_bytes.png").stat().st_size > 0 and (out / "costs.png").stat().st_size > 0

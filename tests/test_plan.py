@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,9 @@ from typing import Any
 import pytest
 
 from fedbiot_pl.assets import resolve
-from fedbiot_pl.plan import main, size, traffic, yaml_settings
+from fedbiot_pl.plan import size, traffic, yaml_settings
+from tests.helpers import plan_cli as run
+from tests.helpers import plan_json as run_json
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA2_7B = ROOT / "configs" / "models" / "llama2-7b"
@@ -19,16 +20,6 @@ STORIES = "embedded:models/stories260K"
 DEFAULT_YAML = resolve("embedded:configs/default.yaml")
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    code, out, err = run(capsys, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def lora(r: int, shapes: list[tuple[int, int]]) -> int:
@@ -169,7 +160,8 @@ def test_module_entry_point_exits_2_without_traceback() -> None:
 def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.CaptureFixture[str]) -> None:
     plans = {p["algorithm"]: p for p in run_json(capsys, "--model", str(LLAMA2_7B), "--compare", "--clients", "3",
                                                  "--adapter-layers", "2", "--drop-rate", "0.2")}
-    assert list(plans) == ["fedbiot", "fedot", "offsite_tuning", "fedavg_lora", "fedprox", "fed_kd", "fedmkt"]
+    assert list(plans) == ["fedbiot", "fedot", "offsite_tuning", "fedavg_lora", "fedprox", "fed_kd", "fedmkt",
+                           "splitfed_lora", "splitfed_lora_u"]
     full, layer = 6_738_415_616, 202_383_360
     # FedAvg-LoRA: r=8 q/v LoRA on all 32 layers, the client holds (and adapts) the full model
     fedavg = plans["fedavg_lora"]

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from fedbiot_pl.plan import kd_traffic, main, plan
+from tests.helpers import plan_cli as run
+from tests.helpers import plan_json as run_json
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA2_7B = ROOT / "configs" / "models" / "llama2-7b"
@@ -19,16 +21,6 @@ KD_ARGS = ("--top-k", "8", "--public-examples", "3", "--seq-len", "64")
 SMALL = 3 * 64 * 8 * (2 + 2) + 12 * 3 + 4  # P T k (2 + index bytes) + offsets, metric, rows
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
-    code, out, err = run(capsys, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def test_kd_traffic_hand_numbers() -> None:
@@ -154,7 +146,12 @@ def test_config_sets_seq_len_client_model_and_kd_settings(capsys: pytest.Capture
 
 
 def test_plan_function_ignores_kd_settings_for_other_algorithms() -> None:
-    assert plan(STORIES, algorithm="fedbiot", top_k=8, public_examples=3, seq_len=64) == plan(STORIES)
+    assert plan(STORIES, algorithm="fedbiot", top_k=8, public_examples=3) == plan(STORIES)
+    # seq_len is also the attention length of every algorithm's FLOPs per token, and changes nothing else
+    short, default = plan(STORIES, algorithm="fedbiot", seq_len=64), plan(STORIES)
+    assert short["client_compute"]["seq_len"] == 64 and short["client_compute"] != default["client_compute"]
+    assert {k: v for k, v in short.items() if k != "client_compute"} == {
+        k: v for k, v in default.items() if k != "client_compute"}
 
 
 @pytest.mark.parametrize(

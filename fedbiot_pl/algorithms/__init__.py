@@ -12,8 +12,13 @@ algorithm           client model                 trained on clients     server a
                     emulator + adapter                                  top-k logits)
 ``fedmkt``          its own full model or        its own LoRA (kept)    KD of its LoRA on   none
                     emulator + adapter                                  public logits
+``splitfed_lora``    layers [0, cut_layer)        its layers' LoRA       none (trains its    none
+                                                                        segment per step)
+``splitfed_lora_u``  [0, cut) and the top layers  its layers' LoRA       none (trains its    none
+                     with the head                                      segment per step)
 ==================  ===========================  =====================  ==================  ============
 
+The split algorithms (:mod:`fedbiot_pl.algorithms.split`) exchange activations and gradients every step.
 The KD algorithms (:mod:`fedbiot_pl.algorithms.kd`) share top-k logits on a public slice, not weights.
 
 "One-shot" alignment is the server's ``pre_alignment_rounds`` before round 0.
@@ -35,9 +40,10 @@ from fedbiot_pl.algorithms.fedot import FedOT, OffsiteTuning  # isort: skip
 from fedbiot_pl.algorithms.fedavg import FedAvgLoRA, FedProx  # isort: skip
 from fedbiot_pl.algorithms.kd import FedKD, KDAlgorithm  # isort: skip
 from fedbiot_pl.algorithms.fedmkt import FedMKT  # isort: skip
+from fedbiot_pl.algorithms.split import SplitFedLoRA, SplitFedLoRAU  # isort: skip
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "ClientOptim", "FedAvgLoRA", "FedBiOT", "FedKD", "FedMKT", "FedOT", "FedProx",
-    "KDAlgorithm", "LayoutRequest",
-    "OffsiteTuning", "ProximalKind", "RunSettings", "register_algorithm", "resolve_algorithm",
+    "KDAlgorithm", "LayoutRequest", "OffsiteTuning", "ProximalKind", "RunSettings", "SplitFedLoRA", "SplitFedLoRAU",
+    "register_algorithm", "resolve_algorithm",
 ]

@@ -119,6 +119,9 @@ class Algorithm:
         An algorithm that needs the public data or fits on the server keeps them (LoRA averaging needs nothing).
         """
 
+    def connect(self, transport: Any) -> None:
+        """Called once after :meth:`attach` with the round's transport (split learning opens its channel here)."""
+
     def broadcast_message(self, views: ModelViews, round_idx: int) -> Message:
         """The message sent to every sampled client of round ``round_idx`` (:meth:`broadcast` as LoRA)."""
         from fedbiot_pl.federation.messages import LoRAState

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -17,6 +18,9 @@ class CommLedger:
     ``bytes_down``/``bytes_up`` count the tensors' bytes (the figures papers report);
     ``wire_bytes_down``/``wire_bytes_up`` count every byte the transport moved (the tensors plus each
     message's safetensors header). Rejected uploads count in both: they did travel.
+
+    Split learning's per-step messages (activations, gradients, labels, ...) count in the totals too,
+    and by direction and tensor in ``split_bytes`` (``"up/activations"``, ``"down/gradients"``, ...).
     """
 
     bytes_down: int = 0
@@ -26,6 +30,8 @@ class CommLedger:
     uploads_rejected: int = 0
     wire_bytes_down: int = 0
     wire_bytes_up: int = 0
+    split_messages: int = 0
+    split_bytes: dict[str, int] = field(default_factory=dict)
 
     def record_down(self, state: Mapping[str, Tensor], clients: int) -> int:
         """Count one broadcast of ``state`` to ``clients`` clients; returns the bytes added."""
@@ -52,11 +58,22 @@ class CommLedger:
         self.wire_bytes_down += down
         self.wire_bytes_up += up
 
-    def state_dict(self) -> dict[str, int]:
+    def record_split(self, up: Mapping[str, int], down: Mapping[str, int], wire_up: int, wire_down: int) -> None:
+        """Count one split-learning request (``up``: its tensors' bytes by name) and the server's reply."""
+        for direction, sizes in (("up", up), ("down", down)):
+            for name, size in sizes.items():
+                key = f"{direction}/{name}"
+                self.split_bytes[key] = self.split_bytes.get(key, 0) + size
+        self.bytes_up += sum(up.values())
+        self.bytes_down += sum(down.values())
+        self.split_messages += 1
+        self.record_wire(down=wire_down, up=wire_up)
+
+    def state_dict(self) -> dict[str, Any]:
         """The totals (a checkpoint's copy)."""
         return asdict(self)
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         """Continue from a checkpoint's totals (older checkpoints lack the wire fields: they stay 0)."""
         for key, value in state.items():
-            setattr(self, key, int(value))
+            setattr(self, key, {k: int(v) for k, v in value.items()} if isinstance(value, Mapping) else int(value))

@@ -39,6 +39,11 @@ def decode_update(payload: bytes) -> dict[str, Tensor]:
         raise ValueError(f"not a safetensors payload ({type(error).__name__}: {error})") from error
 
 
+def _header(payload: bytes) -> dict[str, Any]:
+    (length,) = struct.unpack("<Q", payload[:8])
+    return json.loads(payload[8:8 + length])
+
+
 def payload_metadata(payload: bytes) -> dict[str, str]:
     """The string metadata in a safetensors ``payload``'s header (``{}`` if it has none).
 
@@ -46,9 +51,21 @@ def payload_metadata(payload: bytes) -> dict[str, str]:
         ValueError: the header cannot be read.
     """
     try:
-        (length,) = struct.unpack("<Q", payload[:8])
-        header = json.loads(payload[8:8 + length])
-        return dict(header.get("__metadata__") or {})
+        return dict(_header(payload).get("__metadata__") or {})
+    except Exception as error:
+        raise ValueError(f"not a safetensors payload ({type(error).__name__}: {error})") from error
+
+
+def tensor_sizes(payload: bytes) -> dict[str, int]:
+    """Bytes of each tensor in a safetensors ``payload``, by name, read from its header alone.
+
+    Raises:
+        ValueError: the header cannot be read.
+    """
+    try:
+        header = _header(payload)
+        return {name: int(entry["data_offsets"][1]) - int(entry["data_offsets"][0])
+                for name, entry in header.items() if name != "__metadata__"}
     except Exception as error:
         raise ValueError(f"not a safetensors payload ({type(error).__name__}: {error})") from error
 

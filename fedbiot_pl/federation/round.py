@@ -81,6 +81,7 @@ class RoundRunner:
         self.transport = transport if transport is not None else InProcessTransport(self.ledger)
         self.server_optimizer = server_optimizer
         algorithm.attach(views, data, clients)
+        algorithm.connect(self.transport)
 
     def run_round(self, round_idx: int, server_step: Callable[[int], Any] | None = None,
                   align_steps: int = 0) -> RoundResult:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedbiot_pl.federation.ledger import CommLedger
+from fedbiot_pl.federation.messages import tensor_sizes
 from fedbiot_pl.federation.placement import clients_of_rank, gather_by_client
 
 
@@ -30,12 +31,42 @@ ClientFn = Callable[[int, bytes], ClientReply]
 """The client side of a round: ``(client id, broadcast bytes) -> reply``."""
 
 
+ServeFn = Callable[[bytes], bytes]
+"""The server side of split learning: a client's request (bytes) -> the server's reply (bytes)."""
+
+
 class Transport(Protocol):
     """Moves one attempt at a round: the broadcast down to ``clients``, their replies up."""
 
     def exchange(self, clients: Sequence[int], broadcast: bytes, client_fn: ClientFn) -> list[ClientReply]:
         """Every sampled client's reply, in the order of ``clients``."""
         ...
+
+
+class SplitChannel(Protocol):
+    """A client's line to the server in split learning: one request, one reply (every micro-batch)."""
+
+    def request(self, payload: bytes) -> bytes:
+        """Send ``payload`` to the server and return its reply."""
+        ...
+
+
+class InProcessChannel:
+    """The server runs in this process: a request is a call of ``serve``; every byte is counted.
+
+    Args:
+        ledger: where each request's and reply's tensors are counted by name (``split_bytes``).
+        serve: the server's handler (:meth:`~fedbiot_pl.split.server.SplitServer.serve`).
+    """
+
+    def __init__(self, ledger: CommLedger, serve: ServeFn) -> None:
+        self.ledger, self.serve = ledger, serve
+
+    def request(self, payload: bytes) -> bytes:
+        """Call the server with ``payload`` and record both messages."""
+        reply = self.serve(payload)
+        self.ledger.record_split(tensor_sizes(payload), tensor_sizes(reply), len(payload), len(reply))
+        return reply
 
 
 class InProcessTransport:
@@ -58,3 +89,7 @@ class InProcessTransport:
         replies = gather_by_client(local, clients)
         self.ledger.record_wire(down=len(broadcast) * len(clients), up=sum(len(reply.payload) for reply in replies))
         return replies
+
+    def split_channel(self, serve: ServeFn) -> InProcessChannel:
+        """The clients' line to an in-process split-learning server (counted in this transport's ledger)."""
+        return InProcessChannel(self.ledger, serve)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal
 
@@ -302,6 +302,11 @@ class ModelViews(nn.Module):
     def lora_parameters(self, part: Part) -> dict[str, nn.Parameter]:
         """The live LoRA parameters of ``part``, keyed like ``peft.get_peft_model_state_dict``."""
         keep = self._positions(part)
+        return {key: p for key, (pos, p) in self._lora.items() if pos in keep}
+
+    def lora_of_layers(self, positions: Iterable[int]) -> dict[str, nn.Parameter]:
+        """The live LoRA parameters of the compressed model's layers at ``positions`` (split learning's parts)."""
+        keep = set(positions)
         return {key: p for key, (pos, p) in self._lora.items() if pos in keep}
 
     def lora_state(self, part: Part) -> dict[str, Tensor]:

@@ -15,12 +15,16 @@ What is counted, per token (``d`` hidden size, ``T`` sequence length, ``r`` LoRA
 The backward pass runs from the loss down to the lowest layer with trained LoRA and no further:
 autograd never enters the frozen layers below it. So a FedBiOT client (top adapter trained) costs
 about ``2 N_compressed + 2 N_adapter`` per token, not the ``6 N`` of full fine-tuning.
+
+Split learning (:func:`split_plans`) divides FedAvg-LoRA's step between the client and the server: every
+term is a sum over layers (or the head, counted on the side that holds it), so the two sides' FLOPs per
+token add up exactly to FedAvg-LoRA's ``client_plan(L, L)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -107,6 +111,47 @@ def client_plan(compressed_layers: int, trained_layers: int, lowest_trained_from
     """
     down = trained_layers if lowest_trained_from_top is None else lowest_trained_from_top
     return PassPlan(compressed_layers, down, compressed_layers, trained_layers)
+
+
+def split_plans(num_layers: int, cut_layer: int, client_top_layers: int) -> tuple[PassPlan, PassPlan]:
+    """A split-learning step's (client, server) passes, LoRA on every layer and all of it trained.
+
+    The client runs layers ``[0, k)`` and, U-shaped (``m = client_top_layers >= 1``), ``[L - m, L)``
+    with the head and the loss; the server runs ``[k, L - m)``, plus the head and the loss when vanilla
+    (``m = 0``). Each side's backward crosses all of its layers: the server's must reach ``h_k`` (the
+    gradient it sends down), a U-shaped client's top must reach ``h_{L-m}`` (the gradient it sends up),
+    and the client's bottom trains the LoRA of layer 0. Field by field the two add up to
+    FedAvg-LoRA's ``client_plan(L, L)`` with the head once.
+
+    Raises:
+        ValueError: the cut leaves the server no layer, or a setting is negative, naming it.
+    """
+    if cut_layer < 0 or client_top_layers < 0:
+        raise ValueError(f"cut_layer and client_top_layers must be >= 0, got {cut_layer} and {client_top_layers}.")
+    client_layers = cut_layer + client_top_layers
+    server_layers = num_layers - client_layers
+    if server_layers < 1:
+        raise ValueError(f"cut_layer {cut_layer} + client_top_layers {client_top_layers} leaves the server none of "
+                         f"the {num_layers} decoder layers; set cut_layer <= {num_layers - client_top_layers - 1}.")
+    u_shaped = client_top_layers > 0
+    client = PassPlan(client_layers, client_layers, client_layers, client_layers,
+                      head_forward=u_shaped, head_backward=u_shaped)
+    server = PassPlan(server_layers, server_layers, server_layers, server_layers,
+                      head_forward=not u_shaped, head_backward=not u_shaped)
+    return client, server
+
+
+def forward_only(plan: PassPlan) -> PassPlan:
+    """The forward half of ``plan``: the same layers, LoRA and head forward, no backward (inference)."""
+    return replace(plan, backward_layers=0, trained_lora_layers=0, head_backward=False)
+
+
+def forward_backward(shape: DecoderShape, seq_len: int, plan: PassPlan, lora_rank: int,
+                     lora_targets: Sequence[str]) -> dict[str, int]:
+    """``forward``, ``backward`` and ``total`` model FLOPs per token of ``plan`` (:func:`flops_per_token`)."""
+    total = flops_per_token(shape, seq_len, plan, lora_rank, lora_targets)
+    forward = flops_per_token(shape, seq_len, forward_only(plan), lora_rank, lora_targets)
+    return {"forward": forward, "backward": total - forward, "total": total}
 
 
 def alignment_plans(compressed_layers: int, emulator_layers: int, full_layers: int,

@@ -12,7 +12,8 @@ peak = weights + LoRA training state + saved activations + logits, where
   (2h), the LoRA input (h), the attention's query, key, value and output kept by SDPA (4h, an upper
   bound under grouped-query attention), and SwiGLU's gate, up and activated gate (3i). The frozen
   linears keep no input (no weight gradient), and SDPA keeps no T x T matrix;
-* logits: ``tokens x vocab`` in float32, twice (the logits and their softmax gradient).
+* logits: ``tokens x vocab`` in float32, twice (the logits and their softmax gradient), only for a
+  client that holds the LM head (a vanilla split-learning client does not: its server computes the loss).
 
 It leaves out the CUDA context, allocator fragmentation and temporary buffers (so real peaks are
 higher by a roughly constant amount); gradient checkpointing would cut the activation term.
@@ -29,13 +30,17 @@ def activation_values_per_token(hidden_size: int, intermediate_size: int) -> int
 
 
 def client_peak_memory(*, model_params: int, trained_lora: int, layers_with_activations: int, hidden_size: int,
-                       intermediate_size: int, vocab_size: int, tokens: int, dtype_bytes: int) -> dict[str, int]:
-    """Bytes of each term and their ``total`` for one micro-batch of ``tokens`` tokens."""
+                       intermediate_size: int, vocab_size: int, tokens: int, dtype_bytes: int,
+                       head: bool = True) -> dict[str, int]:
+    """Bytes of each term and their ``total`` for one micro-batch of ``tokens`` tokens.
+
+    ``head=False``: the client does not compute the logits (a vanilla split-learning client), so ``logits`` is 0.
+    """
     terms = {
         "weights": model_params * dtype_bytes,
         "lora_state": trained_lora * LORA_STATE_BYTES,
         "activations": layers_with_activations * tokens * activation_values_per_token(hidden_size, intermediate_size)
         * dtype_bytes,
-        "logits": 2 * tokens * vocab_size * 4,
+        "logits": 2 * tokens * vocab_size * 4 if head else 0,
     }
     return {**terms, "total": sum(terms.values())}
