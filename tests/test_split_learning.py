@@ -23,9 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 CUTS = [(k, 0) for k in range(1, 6)] + [(0, 1), (1, 2), (2, 1), (3, 2), (4, 1), (0, 5)]
 
 
-def lora_views(family="llama", dropout=0.1):
+def lora_views(family="llama", dropout=0.1, checkpointing=False):
     views = ModelViews.from_model(TINY_FAMILIES[family](), "fedavg_lora", lora_dropout=dropout,
-                                  lora_targets=["q_proj", "v_proj", "o_proj", "gate_proj"]).build()
+                                  lora_targets=["q_proj", "v_proj", "o_proj", "gate_proj"],
+                                  gradient_checkpointing=checkpointing).build()
     views.set_trainable("all")
     with torch.no_grad():  # B = 0 at init would make most gradients trivially equal
         for param in views.lora_parameters("all").values():
@@ -78,12 +79,12 @@ def unsplit_grads(views, batch, seed=7, scale=1.0):
     return loss.detach(), grads
 
 
-@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
-def test_split_loss_and_every_lora_gradient_equal_the_unsplit_model_bit_for_bit(family):
-    views = lora_views(family)  # LoRA dropout 0.1, a right-padded row, the same seed
+@pytest.mark.parametrize("family, checkpointing", [(f, False) for f in sorted(TINY_FAMILIES)] + [("llama", True)])
+def test_split_loss_and_every_lora_gradient_equal_the_unsplit_model_bit_for_bit(family, checkpointing):
+    views = lora_views(family, checkpointing=checkpointing)  # LoRA dropout 0.1, a right-padded row, the same seed
     batch = padded_batch()
     loss, grads = unsplit_grads(views, batch, scale=0.5)
-    cuts = CUTS if family == "llama" else [(2, 0), (1, 2)]
+    cuts = CUTS if family == "llama" and not checkpointing else [(2, 0), (1, 2)]
     for cut, top in cuts:
         client, link, _, _ = split_pair(views, cut, top)
         torch.manual_seed(7)
@@ -135,7 +136,7 @@ def test_every_crossing_is_counted_by_name_and_the_u_shape_sends_no_labels():
         client_loss(client, link, batch).backward()
         assert ledger.split_bytes == ({f"up/{k}": v for k, v in expected_up.items()}
                                       | {f"down/{k}": v for k, v in expected_down.items()})
-        assert ledger.bytes_up == sum(expected_up.values()) and ledger.split_messages == 2
+        assert ledger.bytes_up == sum(expected_up.values()) and ledger.split_requests == 2
         assert ledger.wire_bytes_up == sum(len(m.encode()) for m in spy.requests)
         if top:  # U-shaped: no labels leave the client, and the server's part has no head
             assert all("labels" not in m.tensors for m in spy.requests)
@@ -161,12 +162,20 @@ def test_the_server_refuses_a_bad_request_by_name_and_changes_nothing():
     for why, tensors in cases.items():
         with pytest.raises(SplitServerError, match=re.escape(why)):
             link._request(ForwardUp(tensors))
+        assert server._pending is None and server._session is None  # no session opened, no graph kept
     with pytest.raises(SplitServerError, match="without its forward"):
         link._request(BackwardUp({"loss_grad": torch.tensor(1.0)}))
     link._request(ForwardUp(good))
-    with pytest.raises(SplitServerError, match="expected loss_grad of shape"):
-        link._request(BackwardUp({"loss_grad": torch.ones(2)}))
-    assert all(torch.equal(before[key], p) for key, p in server.params.items())
+    pending = server._pending
+    for bad in (torch.ones(2), torch.tensor(1.0, dtype=torch.float64)):
+        with pytest.raises(SplitServerError, match="expected loss_grad of shape"):
+            link._request(BackwardUp({"loss_grad": bad}))
+        assert server._pending is pending  # the graph waits for a good backward
+    assert all(p.grad is None for p in server.params.values())
+    link._request(BackwardUp({"loss_grad": torch.tensor(1.0)}))  # a good one: gradients, then a step
+    assert all(p.grad is not None for p in server.params.values())
+    link.step()
+    assert not all(torch.equal(before[key], p) for key, p in server.params.items())
 
 
 def test_layer_ranges_of_both_parties_cover_the_model_once():

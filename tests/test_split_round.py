@@ -10,8 +10,8 @@ from fedbiot_pl.callbacks import FederatedLoop
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.federation.aggregation import fedavg
 from fedbiot_pl.model.views import ModelViews
-from fedbiot_pl.plan import plan
 from fedbiot_pl.modules import AdapterFinetuneModule, EmulatorAlignmentModule
+from fedbiot_pl.plan import plan
 from fedbiot_pl.split.server import SplitServer
 from tests.helpers import server_trainer
 from tests.toy_data import ToyFederatedData
@@ -89,6 +89,11 @@ class SpyServer(SplitServer):
     """Records the copies and weights the server averages at the end of a round."""
 
     ended: list = []
+    start: dict = {}
+
+    def begin_round(self):
+        super().begin_round()
+        SpyServer.start = self._lora()
 
     def end_round(self, clients, weights):
         self._close()
@@ -111,22 +116,26 @@ def test_per_client_server_copies_are_averaged_and_a_shared_server_is_not(tmp_pa
     run(SplitFedLoRA(server_mode="shared"), tmp_path / "v2", rounds=1)
     copies, _, before, after = SpyServer.ended[0]
     assert copies == {} and all(torch.equal(before[k], after[k]) for k in before)  # the last client's state
+    assert not all(torch.equal(before[k], v) for k, v in SpyServer.start.items())  # and it trained
 
 
-def test_a_retried_round_restarts_the_server_and_optimizers_from_before_the_attempt(tmp_path, faults):
-    clean_loop, clean = run(SplitFedLoRA(), tmp_path / "clean")
-    faults([{"point": "upload", "round": 0, "client": c, "attempt": 0, "action": "nan"} for c in range(3)])
-    loop, module = run(SplitFedLoRA(), tmp_path / "faulty", on_too_few="retry", max_round_retries=1)
+@pytest.mark.parametrize("mode", ["shared", "per_client"])
+def test_a_retried_round_restarts_the_server_and_optimizers_from_before_the_attempt(tmp_path, faults, mode):
+    _, clean = run(SplitFedLoRA(server_mode=mode), tmp_path / "clean")
+    # round 1: every client has AdamW state from round 0, which the failed attempt must not advance
+    faults([{"point": "upload", "round": 1, "client": c, "attempt": 0, "action": "nan"} for c in range(3)])
+    loop, module = run(SplitFedLoRA(server_mode=mode), tmp_path / "faulty", on_too_few="retry", max_round_retries=1)
     assert loop.ledger.uploads_rejected == 3
     a, b = clean.split.lora_state("all"), module.split.lora_state("all")
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_a_resumed_split_run_ends_like_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("mode", ["shared", "per_client"])
+def test_a_resumed_split_run_ends_like_an_uninterrupted_one(tmp_path, mode):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def fit(folder, rounds, ckpt_path=None):
-        algorithm = SplitFedLoRAU(cut_layer=1, server_mode="per_client")
+        algorithm = SplitFedLoRAU(cut_layer=1, server_mode=mode)
         loop = FederatedLoop(algorithm=algorithm, rounds=rounds, local_steps=1, client_accumulate_grad_batches=2,
                              client_lr=1e-2, export_final_adapter=False)
         module = EmulatorAlignmentModule(views_for(algorithm), kl_weight=0.0, lr=1e-2)

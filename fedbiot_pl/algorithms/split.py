@@ -36,8 +36,15 @@ from fedbiot_pl.federation.aggregation import fedavg
 from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
 from fedbiot_pl.model.views import DTYPES
 from fedbiot_pl.split.segments import client_layers, server_layers
+from fedbiot_pl.split.server import cpu_copy
 
 SERVER_MODES = ("shared", "per_client")
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
 
 
 @register_algorithm
@@ -85,6 +92,8 @@ class SplitFedLoRA(Algorithm):
         self._client_states: dict[int, dict] = {}
         self._client_states_before: dict[int, dict] = {}
         self._accepted: list[int] = []
+        self._fitted: set[int] = set()
+        self._staged: dict[int, dict] = {}
         self._pending_state: dict[str, Any] | None = None
         self._server: Any = None
 
@@ -169,10 +178,14 @@ class SplitFedLoRA(Algorithm):
         if getattr(clients, "world_size", 1) > 1:
             raise ConfigError(f"algorithm {self.name!r} runs its server in this process; run it on one device "
                               f"(trainer.devices: 1), got {clients.world_size} processes.")
-        if str(getattr(clients, "precision", "32-true")).startswith("16"):
+        if str(getattr(clients, "precision", "32-true")) == "16-mixed":
             raise ConfigError(f"algorithm {self.name!r} cannot train with float16 mixed precision (its loss scale "
                               f"would reach the server's gradients); use trainer.precision bf16-mixed or 32-true, "
                               f"got {clients.precision!r}.")
+        if getattr(views, "gradient_checkpointing", False) and _transformers_major() < 5:
+            raise ConfigError(f"algorithm {self.name!r} with gradient checkpointing needs transformers >= 5 (older "
+                              "versions recompute a layer without the activations that came over the cut); upgrade "
+                              "transformers or set model.split.gradient_checkpointing to false.")
         if not hasattr(clients.module, "link"):
             raise ConfigError(f"algorithm {self.name!r} needs its client module (a SplitClientModule), got "
                               f"{type(clients.module).__name__}.")
@@ -201,11 +214,15 @@ class SplitFedLoRA(Algorithm):
         self._server = SplitServer(segments.middle, params, optim, expect, self.server_mode, self.keep_optimizer_state)
         if self._pending_state is not None and self._pending_state.get("server") is not None:
             self._server.load_state_dict(self._pending_state["server"])
+        self._pending_state = None
         module.link = SplitLink(transport.split_channel(self._server.serve), wire)
 
     def broadcast_message(self, views: Any, round_idx: int) -> Any:
         """The client LoRA; the server and the clients' optimizer states are remembered for a retry."""
-        self._accepted = []
+        if self._server is None:
+            raise ConfigError(f"algorithm {self.name!r} has no server yet: connect(transport) runs first (the "
+                              "RoundRunner calls attach and connect).")
+        self._accepted, self._fitted, self._staged = [], set(), {}
         self._server.begin_round()
         self._client_states_before = dict(self._client_states)
         return super().broadcast_message(views, round_idx)
@@ -221,15 +238,17 @@ class SplitFedLoRA(Algorithm):
         super().client_receive(views, payload, client_id, round_idx)
         link = self._clients.module.link
         link.client, link.round = client_id, round_idx
-        link.optimizer_state = self._client_states.get(client_id) if self.keep_optimizer_state else None
+        state = self._client_states.get(client_id) if self.keep_optimizer_state else None
+        link.optimizer_state = None if state is None else cpu_copy(state)  # AdamW updates what it loads in place
+        self._fitted.add(client_id)
 
     def upload_message(self, views: Any, client_id: int, round_idx: int) -> Any:
-        """The client LoRA (its id in the header); its AdamW state is kept for its next round."""
+        """The client LoRA (its id in the header); its AdamW state is kept if the upload is accepted."""
         from fedbiot_pl.federation.messages import LoRAState
 
         state = self._clients.module.link.optimizer_state
         if self.keep_optimizer_state and state is not None:
-            self._client_states[client_id] = state
+            self._staged[client_id] = state
         return LoRAState(self.upload(views), {"client": str(client_id)})
 
     def receive(self, payload: bytes, reference: Any, max_norm: float | None = None) -> tuple[Any, str | None]:
@@ -239,7 +258,16 @@ class SplitFedLoRA(Algorithm):
 
         content, problem = receive_update(payload, reference, max_norm)
         if content is not None and problem is None:
-            self._accepted.append(int(payload_metadata(payload).get("client", -1)))
+            try:
+                client = int(payload_metadata(payload).get("client", ""))
+            except ValueError:
+                client = None
+            if client not in self._fitted or client in self._accepted:
+                return content, (f"the upload names client {client!r}, not a client of this attempt that has not "
+                                 "uploaded yet")
+            self._accepted.append(client)
+            if client in self._staged:
+                self._client_states[client] = self._staged.pop(client)
         return content, problem
 
     def aggregate(self, uploads: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
@@ -260,7 +288,10 @@ class SplitFedLoRA(Algorithm):
             self._server.load_state_dict(state["server"])
 
     def resume_settings(self) -> dict[str, Any]:
-        """What the checkpoint's optimizer states and server copies depend on."""
+        """What the checkpoint's optimizer states and server copies depend on.
+
+        ``activation_dtype`` and ``keep_optimizer_state`` may change on a resume (they change no saved state).
+        """
         prefix = "federated.algorithm.init_args."
         return {f"{prefix}cut_layer": self.cut_layer, f"{prefix}client_top_layers": self.client_top_layers,
                 f"{prefix}server_mode": self.server_mode}

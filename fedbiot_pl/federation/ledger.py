@@ -20,7 +20,8 @@ class CommLedger:
     message's safetensors header). Rejected uploads count in both: they did travel.
 
     Split learning's per-step messages (activations, gradients, labels, ...) count in the totals too,
-    and by direction and tensor in ``split_bytes`` (``"up/activations"``, ``"down/gradients"``, ...).
+    and by direction and tensor in ``split_bytes`` (``"up/activations"``, ``"down/gradients"``, ...);
+    ``split_requests`` counts the requests (each answered by one reply).
     """
 
     bytes_down: int = 0
@@ -30,7 +31,7 @@ class CommLedger:
     uploads_rejected: int = 0
     wire_bytes_down: int = 0
     wire_bytes_up: int = 0
-    split_messages: int = 0
+    split_requests: int = 0
     split_bytes: dict[str, int] = field(default_factory=dict)
 
     def record_down(self, state: Mapping[str, Tensor], clients: int) -> int:
@@ -59,14 +60,14 @@ class CommLedger:
         self.wire_bytes_up += up
 
     def record_split(self, up: Mapping[str, int], down: Mapping[str, int], wire_up: int, wire_down: int) -> None:
-        """Count one split-learning request (``up``: its tensors' bytes by name) and the server's reply."""
+        """Count one split-learning request (``up``: its tensors' bytes by name) and the server's reply (``down``)."""
         for direction, sizes in (("up", up), ("down", down)):
             for name, size in sizes.items():
                 key = f"{direction}/{name}"
                 self.split_bytes[key] = self.split_bytes.get(key, 0) + size
         self.bytes_up += sum(up.values())
         self.bytes_down += sum(down.values())
-        self.split_messages += 1
+        self.split_requests += 1
         self.record_wire(down=wire_down, up=wire_up)
 
     def state_dict(self) -> dict[str, Any]:

@@ -5,8 +5,8 @@ answers (vanilla: the loss; U-shaped: the activations at the client's top layers
 client's graph. Its backward sends the incoming gradient up (vanilla: the loss's scale, e.g. ``1 /
 accumulate_grad_batches``; U-shaped: the gradient at the top activations) and hands the server's
 gradient at the cut to the client's bottom layers. Lightning's loss scaling, accumulation,
-precision and clipping (of the client's LoRA) therefore work unchanged; :meth:`SplitLink.step`
-tells the server that an accumulation window ended.
+precision and gradient clipping therefore work (clipping: of the client's LoRA only, the server does
+not clip); :meth:`SplitLink.step` tells the server that an accumulation window ended.
 """
 
 from __future__ import annotations
@@ -41,11 +41,17 @@ class SplitLink:
         self.client, self.round = 0, 0
         self.optimizer_state: dict | None = None
 
-    def _request(self, message: Any) -> dict[str, Tensor]:
+    def _request(self, message: Any, expect: tuple[str, ...] = ()) -> dict[str, Tensor]:
         message.metadata.update({"client": str(self.client), "round": str(self.round)})
-        reply = decode_message(self.channel.request(message.encode()), Reply)
+        try:
+            reply = decode_message(self.channel.request(message.encode()), Reply)
+        except ValueError as error:
+            raise SplitServerError(f"the split server's reply cannot be read: {error}") from error
         if "error" in reply.metadata:
             raise SplitServerError(f"the split server refused: {reply.metadata['error']}")
+        if expect and not set(expect) & set(reply.tensors):
+            raise SplitServerError(f"the split server replied with {sorted(reply.tensors)}, expected one of "
+                                   f"{list(expect)}")
         return reply.tensors
 
     def _wire(self, tensor: Tensor) -> Tensor:
@@ -69,7 +75,7 @@ class SplitLink:
         tensors = {"activations": self._wire(hidden), "mask": mask.detach().to(torch.uint8)}
         if labels is not None:
             tensors["labels"] = labels.detach().to(torch.int32)
-        answer = self._request(ForwardUp(tensors))
+        answer = self._request(ForwardUp(tensors), ("loss", "activations"))
         if "loss" in answer:
             return answer["loss"].to(hidden.device)
         return answer["activations"].to(device=hidden.device, dtype=hidden.dtype)
@@ -77,7 +83,7 @@ class SplitLink:
     def _backward(self, grad: Tensor, like: Tensor) -> Tensor:
         name = "loss_grad" if grad.dim() == 0 else "gradients"
         value = grad.detach().float() if name == "loss_grad" else self._wire(grad)
-        answer = self._request(BackwardUp({name: value}))
+        answer = self._request(BackwardUp({name: value}), ("gradients",))
         return answer["gradients"].to(device=like.device, dtype=like.dtype)
 
 

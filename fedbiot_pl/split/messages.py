@@ -76,15 +76,19 @@ class BackwardUp(Message):
 
     kind: ClassVar[str] = "split_backward"
 
-    def problem(self, reference: Tensor | None = None, **limits: Any) -> str | None:
-        """One tensor of the pending output's shape (``reference``), finite."""
+    def problem(self, reference: Tensor | None = None, dtype: torch.dtype | None = None, **limits: Any) -> str | None:
+        """One finite tensor of the pending output's shape (``reference``), in the wire ``dtype``.
+
+        (``loss_grad``, the vanilla loss's scale, is float32.)
+        """
         if reference is None:
             return None
         name = "loss_grad" if reference.dim() == 0 else "gradients"
+        wanted = torch.float32 if name == "loss_grad" else dtype or reference.dtype
         grad = self.tensors.get(name)
-        if set(self.tensors) != {name} or grad.shape != reference.shape:
-            got = {key: tuple(value.shape) for key, value in self.tensors.items()}
-            return f"expected {name} of shape {tuple(reference.shape)}, got {got}"
+        if set(self.tensors) != {name} or grad.shape != reference.shape or grad.dtype != wanted:
+            got = {key: (tuple(value.shape), value.dtype) for key, value in self.tensors.items()}
+            return f"expected {name} of shape {tuple(reference.shape)} {wanted}, got {got}"
         return "; ".join(_finite(name, grad)) or None
 
 

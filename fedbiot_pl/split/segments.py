@@ -11,8 +11,9 @@ own code from the 2-D padding mask, exactly as in the unsplit forward::
 A segment that starts inside the stack takes its input through a pre-hook on its first layer (its
 own embedding lookup runs on a zero-id placeholder and is replaced); a segment that stops inside the
 stack reads the input of the final norm (a hook that only records). Nothing runs twice, so dropout
-masks and random numbers are those of the unsplit forward; with gradient checkpointing the layers are
-recomputed with the same injected input.
+masks and random numbers are those of the unsplit forward. With gradient checkpointing (transformers
+>= 5 checkpoints a layer's ``forward``, inside the hooks) a layer is recomputed from the input the
+hook gave it; tested bit-identical to the unsplit model.
 """
 
 from __future__ import annotations

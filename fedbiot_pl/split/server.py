@@ -62,8 +62,9 @@ class SplitServer:
         self._session: tuple[int, int] | None = None
         self._pending: tuple[int, Tensor, Tensor] | None = None
         self._start: dict[str, Tensor] = {}  # the server LoRA at the start of the round (per_client)
-        self._copies: dict[int, dict[str, Tensor]] = {}  # per_client: this round's copies
-        self._states: dict[int, dict] = {}  # per_client: each client's AdamW state
+        self._copies: dict[int, dict[str, Tensor]] = {}  # per_client: this round's copies (CPU)
+        self._states: dict[int, dict] = {}  # per_client: each client's AdamW state (CPU)
+        self._staged: dict[int, dict] = {}  # per_client: this round's new states, until end_round
         self._snapshot: Any = None
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -93,8 +94,12 @@ class SplitServer:
                 self._step()
                 return Reply({}).encode()
             raise ValueError(f"a {message.kind!r} message is not a split-learning request")
-        except ValueError as error:
+        except ValueError as error:  # a bad request: the reason goes back, nothing changed
             return Reply({}, {"error": str(error)}).encode()
+        except Exception as error:  # a failure while computing: drop the pending graph and its gradients
+            log.warning("split server: a request failed", exc_info=True)
+            self._discard()
+            return Reply({}, {"error": f"the server failed: {type(error).__name__}: {error}"}).encode()
 
     def _forward(self, message: ForwardUp, client: int, round_idx: int) -> Reply:
         problem = message.problem(self.expect)
@@ -117,13 +122,21 @@ class SplitServer:
         if self._pending is None or self._pending[0] != client:
             raise ValueError(f"backward of client {client} without its forward")
         _, hidden, out = self._pending
-        problem = message.problem(out)
+        problem = message.problem(out, dtype=self.expect.dtype)
         if problem is not None:
             raise ValueError(f"backward of client {client} refused: {problem}")
         self._pending = None
         (grad,) = message.tensors.values()
         out.backward(grad.to(device=out.device, dtype=out.dtype))
+        if hidden.grad is None:
+            raise RuntimeError("the server's layers gave no gradient at the cut")
         return Reply({"gradients": hidden.grad.to(self.expect.dtype)})
+
+    def _discard(self) -> None:
+        """Drop the pending graph and the server's gradients (a failed or abandoned step)."""
+        self._pending = None
+        for param in self.params.values():
+            param.grad = None
 
     def _step(self) -> None:
         grads = [p.grad for p in self.params.values() if p.grad is not None]
@@ -143,8 +156,8 @@ class SplitServer:
         if self.mode == "per_client":
             self._load(self._start or self._lora())
             self._optimizer = self._new_optimizer()
-            if self.keep and client in self._states:
-                self._optimizer.load_state_dict(self._states[client])
+            if self.keep and client in self._states:  # a copy: AdamW updates its state tensors in place
+                self._optimizer.load_state_dict(cpu_copy(self._states[client]))
         elif not self.keep:
             self._optimizer = self._new_optimizer()
 
@@ -152,35 +165,41 @@ class SplitServer:
         if self._session is None:
             return
         client = self._session[0]
-        self._pending = None
+        self._discard()
         if self.mode == "per_client":
-            self._copies[client] = self._lora()
-            if self.keep:
-                self._states[client] = cpu_copy(self._optimizer.state_dict())
+            self._copies[client] = cpu_copy(self._lora())
+            if self.keep:  # committed by end_round for accepted clients only
+                self._staged[client] = cpu_copy(self._optimizer.state_dict())
         self._session = None
 
     def begin_round(self) -> None:
         """Remember the server's state (a failed attempt goes back to it); ``per_client``: the copies' start."""
         self._close()
-        self._copies = {}
+        self._copies, self._staged = {}, {}
         self._start = self._lora()
-        self._snapshot = (self._start, cpu_copy(self._optimizer.state_dict()), cpu_copy(self._states))
+        # the per-client states are only ever replaced (loaded as copies), so a shallow copy keeps them
+        self._snapshot = (self._start, cpu_copy(self._optimizer.state_dict()), dict(self._states))
 
     def restore(self) -> None:
         """Back to :meth:`begin_round`'s state (a retried attempt)."""
-        self._session, self._pending, self._copies = None, None, {}
+        self._session, self._copies, self._staged = None, {}, {}
+        self._discard()
         lora, optimizer, states = self._snapshot
         self._load(lora)
         self._optimizer = self._new_optimizer()
-        self._optimizer.load_state_dict(optimizer)
-        self._states = cpu_copy(states)
+        self._optimizer.load_state_dict(cpu_copy(optimizer))
+        self._states = dict(states)
 
     def end_round(self, clients: list[int], weights: list[float]) -> None:
-        """Close the last session; ``per_client``: the accepted clients' copies averaged into the server LoRA."""
+        """Close the last session; ``per_client``: the accepted clients' copies averaged into the server LoRA.
+
+        Their AdamW states are kept for their next round; a rejected or dropped client's are not.
+        """
         self._close()
         if self.mode == "per_client" and clients:
             self._load(fedavg([self._copies[c] for c in clients], weights))
-        self._copies = {}
+            self._states.update({c: self._staged[c] for c in clients if c in self._staged})
+        self._copies, self._staged = {}, {}
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
