@@ -95,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "frameworks")
     p.add_argument("--fit-arg", action="append", default=[], metavar="ARG", dest="fit_args",
                    help="one more 'train.py fit' argument for every run (repeatable; give it with '=')")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the finished runs already under --out (e.g. to score them with --eval-limit)")
     args = p.parse_args(argv)
     args.algorithms = [args.kd if a == "kd" else a for a in args.algorithms]
     return args
@@ -167,6 +169,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_losses(rows: list[dict], path: Path) -> None:
+    """Save a PNG of each run's validation loss against the cumulative bytes communicated.
+
+    One line per run for the clients' model; a dashed line for the full model where it is another model
+    (FedBiOT's AdapFu, KD's server model). Markers by family.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    for index, r in enumerate(rows):
+        family = "split" if r["algorithm"] in SPLIT else "kd" if r["algorithm"] in KD else "params"
+        xs, color = [h["total_bytes"] for h in r["history"]], colors[index % len(colors)]
+        marker = {"params": "o", "kd": "s", "split": "^"}[family]
+        ax.plot(xs, [h["adapemu_loss"] for h in r["history"]], marker=marker, color=color, label=r["name"])
+        full = [h["adapfu_loss"] for h in r["history"]]
+        if full != [h["adapemu_loss"] for h in r["history"]]:
+            ax.plot(xs, full, marker=marker, linestyle="--", color=color, alpha=0.6, label=f"{r['name']} (full model)")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative bytes communicated (down + up, all clients)")
+    ax.set_ylabel("client validation loss")
+    ax.set_title("Validation loss against communication (o parameters, s logits, ^ split)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_costs(rows: list[dict], path: Path) -> None:
     """Save a PNG of bytes per round, client FLOPs per token and client memory of the base runs."""
     import matplotlib
@@ -195,21 +228,26 @@ def main(argv: list[str] | None = None) -> int:
     """Run every setting, then write the table, the JSON rows and the two plots."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.json"
+    previous = {r["name"]: r for r in json.loads(results.read_text())} if results.exists() else {}
     rows = []
     for setting in settings(args):
         run_args = argparse.Namespace(**{**vars(args), "task": "gsm8k"})
         extra = ([f"--model.split.model={args.model}"] if args.model else []) + setting.fit_args()
         run_args.fit_args = extra + list(args.fit_args)
         out = args.out / setting.name
-        started = time.perf_counter()
-        compare_algorithms.fit(setting.algorithm, run_args, out, recipe=args.recipe)
-        rows.append(collect(setting, newest_run(out / "run"), time.perf_counter() - started, run_args))
+        if args.reuse and setting.name in previous:
+            wall = previous[setting.name]["wall_s"]
+        else:
+            started = time.perf_counter()
+            compare_algorithms.fit(setting.algorithm, run_args, out, recipe=args.recipe)
+            wall = time.perf_counter() - started
+        rows.append(collect(setting, newest_run(out / "run"), wall, run_args))
         print(f"{setting.name}: done in {rows[-1]['wall_s']:.0f} s", file=sys.stderr)
     text = table(rows)
     (args.out / "table.md").write_text(text + "\n")
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    loss_rows = [{**r, "algorithm": r["name"], "history": r["history"]} for r in rows]
-    compare_algorithms.plot(loss_rows, args.out / "loss_vs_bytes.png")
+    results.write_text(json.dumps(rows, indent=2))
+    plot_losses(rows, args.out / "loss_vs_bytes.png")
     plot_costs(rows, args.out / "costs.png")
     print(text)
     return 0

@@ -34,6 +34,14 @@ def plan_json(capsys: pytest.CaptureFixture[str], *argv: str):
     return json.loads(out)
 
 
+def plan_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``fedbiot-plan``'s one-line error for bad ``argv`` (exit code 2, nothing on stdout)."""
+    code, out, err = plan_cli(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("fedbiot-plan: error: ") and err.count("\n") == 1
+    return err
+
+
 # --- the federated loop on the real pretrained stories260K ------------------------------------------------------
 
 # stories260K: q_proj 64->64 and v_proj 64->32 (4 KV heads x 8), r = 8

@@ -380,3 +380,9 @@ def test_compare_frameworks_one_quick_split_sweep(tmp_path, monkeypatch):
     assert rows[1]["server_flops_per_client_token"] > rows[0]["server_flops_per_client_token"]
     assert "| splitfed_lora-c3-cut1 | split |" in (out / "table.md").read_text()
     assert (out / "loss_vs_bytes.png").stat().st_size > 0 and (out / "costs.png").stat().st_size > 0
+    # --reuse: the finished runs are read again, none is trained (the fit wall times stay the recorded ones)
+    assert bench.main(["--algorithms", "splitfed_lora", "--cut-layers", "2", "1", "--rounds", "1", "--reuse",
+                       "--out", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [(r["name"], r["wall_s"], r["bytes_per_round"]) for r in again] == [
+        (r["name"], r["wall_s"], r["bytes_per_round"]) for r in rows]

@@ -12,6 +12,7 @@ import pytest
 
 from fedbiot_pl.plan import kd_traffic, main, plan
 from tests.helpers import plan_cli as run
+from tests.helpers import plan_error
 from tests.helpers import plan_json as run_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,10 +170,7 @@ def test_plan_function_ignores_kd_settings_for_other_algorithms() -> None:
 def test_bad_kd_input_exits_2_with_one_line_naming_the_value(
     capsys: pytest.CaptureFixture[str], argv: list[str], bad: str
 ) -> None:
-    code, out, err = run(capsys, "--model", STORIES, *argv)
-    assert code == 2 and out == ""
-    assert err.startswith("fedbiot-plan: error: ") and err.count("\n") == 1
-    assert bad in err
+    assert bad in plan_error(capsys, "--model", STORIES, *argv)
 
 
 def test_null_public_examples_asks_for_the_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -57,6 +57,21 @@ def test_one_client_with_a_round_per_step_is_centralised_lora(tmp_path):
     assert moved > 1e-3  # both trained: the equality is not that of two untouched models
 
 
+def test_per_client_servers_with_fresh_optimizers_are_fedavg_lora_bit_for_bit(tmp_path):
+    """SplitFed V1 with a fresh AdamW every fit trains and averages exactly what FedAvg-LoRA does.
+
+    So what separates the two in a comparison is the shared server (V2) and the kept optimizer states,
+    not the cut.
+    """
+    _, fedavg_module = run("fedavg_lora", tmp_path / "fedavg")
+    _, split_module = run(SplitFedLoRA(server_mode="per_client", keep_optimizer_state=False), tmp_path / "split")
+    a, b = fedavg_module.split.lora_state("all"), split_module.split.lora_state("all")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    _, shared = run(SplitFedLoRA(server_mode="shared", keep_optimizer_state=False), tmp_path / "shared")
+    c = shared.split.lora_state("all")
+    assert not all(torch.equal(a[key], c[key]) for key in a)  # V2: the clients train one server copy in turn
+
+
 @pytest.mark.parametrize("name, cut, top", [("splitfed_lora", 2, 0), ("splitfed_lora_u", 1, 2)])
 def test_the_ledger_of_a_real_run_is_the_traffic_formula(tmp_path, name, cut, top):
     args = {"cut_layer": cut} | ({"client_top_layers": top} if top else {})
