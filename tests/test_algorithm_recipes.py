@@ -40,7 +40,8 @@ def test_every_algorithm_on_every_task_recipe(task, algorithm):
     expected = {"fedbiot": ((), (0, 2), (3, 4)), "offsite_tuning": ((0, 1), (2,), (3, 4)),
                 "fedot": ((0, 1), (2,), (3, 4)), "fedavg_lora": ((), (), (0, 1, 2, 3, 4)),
                 "fedprox": ((), (), (0, 1, 2, 3, 4)), "fed_kd": ((), (), (0, 1, 2, 3, 4)),
-                "fedmkt": ((), (), (0, 1, 2, 3, 4))}[algorithm]
+                "fedmkt": ((), (), (0, 1, 2, 3, 4)), "splitfed_lora": ((), (), (0, 1, 2, 3, 4)),
+                "splitfed_lora_u": ((), (), (0, 1, 2, 3, 4))}[algorithm]
     assert (layout.bottom_adapter, layout.emulator, layout.top_adapter) == expected
 
 
