@@ -180,3 +180,12 @@ def test_bad_split_settings_are_named_together_with_their_fix():
     with pytest.raises(ConfigError, match="cut_layer 4 \\+ client_top_layers 1 leaves the server none of the "
                                           "model's 5 decoder layers; set cut_layer <= 3"):
         ModelViews(MODEL).use_algorithm(SplitFedLoRAU(cut_layer=4))
+
+
+def test_a_client_whose_lora_turns_nan_is_dropped_and_the_server_stays_finite(tmp_path, faults):
+    faults([{"point": "client_step", "round": 0, "client": 1, "step": 0, "action": "nan"}])
+    loop, module = run(SplitFedLoRA(server_mode="shared"), tmp_path, rounds=1)
+    (fault,) = loop.history[0]["faults"]
+    assert fault["client"] == 1 and "activations has non-finite values" in fault["reason"]
+    # the fault fills only what the client trains; the server refused its activations and stayed finite
+    assert all(bool(torch.isfinite(p).all()) for p in module.split.lora_parameters("all").values())

@@ -230,8 +230,11 @@ def _fire_handler(point: str, faults: Sequence[dict[str, Any]]) -> Callable[...,
             return
         _act(point, fault, context)
         if point == "client_step" and fault["action"] in ("nan", "inf"):
+            module = context["module"]  # what the client trains (split learning: its own layers only)
+            own = getattr(module, "client_lora", None)
+            trained = own() if own is not None else module.split.lora_parameters("adapter")
             with torch.no_grad():
-                for param in context["module"].split.lora_parameters("adapter").values():
+                for param in trained.values():
                     param.fill_(float(fault["action"]))
 
     return handler
