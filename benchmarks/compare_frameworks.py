@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compare_algorithms  # noqa: E402  (the sibling script: its fit, accuracy and plot)
 
+from fedbiot_pl.artifacts.benchmark_runs import run_each  # noqa: E402
 from fedbiot_pl.artifacts.csv_logger import newest_run  # noqa: E402
 
 SPLIT = ("splitfed_lora", "splitfed_lora_u")
@@ -230,23 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.json"
     previous = {r["name"]: r for r in json.loads(results.read_text())} if results.exists() else {}
-    rows = []
-    for setting in settings(args):
+
+    def run_one(name: str) -> dict:
+        setting = by_name[name]
         run_args = argparse.Namespace(**{**vars(args), "task": "gsm8k"})
         extra = ([f"--model.split.model={args.model}"] if args.model else []) + setting.fit_args()
         run_args.fit_args = extra + list(args.fit_args)
-        out = args.out / setting.name
-        if args.reuse and setting.name in previous:
-            wall = previous[setting.name]["wall_s"]
+        out = args.out / name
+        if args.reuse and name in previous:
+            wall = previous[name]["wall_s"]
         else:
             started = time.perf_counter()
             compare_algorithms.fit(setting.algorithm, run_args, out, recipe=args.recipe)
             wall = time.perf_counter() - started
-        rows.append(collect(setting, newest_run(out / "run"), wall, run_args))
-        print(f"{setting.name}: done in {rows[-1]['wall_s']:.0f} s", file=sys.stderr)
+        print(f"{name}: done in {wall:.0f} s", file=sys.stderr)
+        return collect(setting, newest_run(out / "run"), wall, run_args)
+
+    by_name = {setting.name: setting for setting in settings(args)}
+    rows = run_each(by_name, run_one, args.out)
+    if rows is None:
+        return 1
     text = table(rows)
     (args.out / "table.md").write_text(text + "\n")
-    results.write_text(json.dumps(rows, indent=2))
     plot_losses(rows, args.out / "loss_vs_bytes.png")
     plot_costs(rows, args.out / "costs.png")
     print(text)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedbiot_pl.artifacts.benchmark_runs import run_each
 from fedbiot_pl.artifacts.csv_logger import newest_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,17 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     """Fit, evaluate and collect every variant; write ``table.md``, ``results.json`` and ``quality.png``."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in args.variants:
-        out = args.out / name
-        try:
-            wall = fit(name, args, out)
-        except subprocess.CalledProcessError as error:  # its message is above, from train.py's stderr
-            print(f"{name}: train.py fit stopped with exit status {error.returncode}", file=sys.stderr)
-            return 1
-        rows.append(collect(name, newest_run(out / "run"), wall, args))
-        (args.out / "results.json").write_text(json.dumps(rows, indent=2))  # partial results survive a stop
+
+    def run_one(name: str) -> dict:
+        wall = fit(name, args, args.out / name)
         print(f"{name}: fit in {wall:.0f} s", file=sys.stderr, flush=True)
+        return collect(name, newest_run(args.out / name / "run"), wall, args)
+
+    rows = run_each(args.variants, run_one, args.out)
+    if rows is None:
+        return 1
     text = table(rows)
     (args.out / "table.md").write_text(text + "\n")
     plot(rows, args.out / "quality.png")
