@@ -5,5 +5,6 @@ from fedbiot_pl.callbacks.emulator_gap import EmulatorGap
 from fedbiot_pl.callbacks.federated_loop import FederatedLoop
 from fedbiot_pl.callbacks.periodic_evaluation import PeriodicEvaluation
 from fedbiot_pl.callbacks.round_checkpoint import RoundCheckpoint
+from fedbiot_pl.callbacks.time_to_target import TimeToTarget
 
-__all__ = ["ClientValidation", "EmulatorGap", "FederatedLoop", "PeriodicEvaluation", "RoundCheckpoint"]
+__all__ = ["ClientValidation", "EmulatorGap", "FederatedLoop", "PeriodicEvaluation", "RoundCheckpoint", "TimeToTarget"]

@@ -32,6 +32,7 @@ from fedbiot_pl.federation.sampling import clients_per_round
 from fedbiot_pl.federation.server_optimizers import ServerOptimizer
 from fedbiot_pl.federation.server_optimizers import server_optimizer as make_server_optimizer
 from fedbiot_pl.federation.transport import InProcessTransport
+from fedbiot_pl.hierarchy.simulation import fleet_data_issues, fleet_setting, simulated_fleet
 from fedbiot_pl.scaling.deepspeed import client_phase, lora_gathered
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,11 @@ class FederatedLoop(Callback):
         server_optimizer: ``null`` = FedAvg (the aggregate becomes the global state); ``fedadam``,
             ``fedyogi``, ``fedadagrad`` or ``sgd`` (FedOpt, Reddi et al. 2021) with their defaults, or
             ``{class_path: fedbiot_pl.federation.server_optimizers.FedAdam, init_args: {lr: ...}}``.
+        devices: a simulated device fleet, one device per client, that gives every round a simulated
+            time (``sim/round_seconds``, ``sim/seconds``): ``default`` (80 devices in three assumed tiers,
+            ``fedbiot_pl/assets/fleets/default-80.yaml``), a fleet YAML, or the fleet inline; ``null`` =
+            no simulated time. For the algorithms whose clients hold the full model and share LoRA
+            (``fedavg_lora``, ``fedprox``, ``hierfedlora``).
     """
 
     def __init__(
@@ -137,6 +143,7 @@ class FederatedLoop(Callback):
         client_time_limit: float | None = None,
         max_update_norm: float | None = None,
         server_optimizer: str | ServerOptimizer | None = None,
+        devices: str | dict | None = None,
     ) -> None:
         issues = []
         for name, value, low in (
@@ -152,9 +159,12 @@ class FederatedLoop(Callback):
             issues.append(f"proximal_weight must be >= 0 and client_lr > 0, got {proximal_weight}, {client_lr}.")
         issues += fault_setting_issues(min_clients, on_too_few, max_round_retries, client_time_limit, max_update_norm)
         self.algorithm: Algorithm | None = None
+        self.devices, self.fleet = devices, None
         try:
             self.algorithm = resolve_algorithm(algorithm)
-            issues += self.algorithm.check(RunSettings(None, pre_alignment_rounds, proximal_weight))
+            self.fleet, fleet_issues = fleet_setting(devices, self.algorithm)
+            issues += fleet_issues + self.algorithm.check(
+                RunSettings(None, pre_alignment_rounds, proximal_weight, simulated=devices is not None))
         except ValueError as error:
             issues.append(f"algorithm: {error}")
         self.server_optimizer = None
@@ -184,6 +194,7 @@ class FederatedLoop(Callback):
         self._completed_epoch: int | None = None  # last finished epoch (what a checkpoint holds)
         self._resumed_epoch: int | None = None  # the checkpoint's epoch, when resumed
         self._pending_rng: dict[str, Any] | None = None  # random states to restore at the next epoch
+        self._fleet_state: dict[str, Any] | None = None  # the simulated clock of a checkpoint
 
     @property
     def algorithm_name(self) -> str:
@@ -246,7 +257,9 @@ class FederatedLoop(Callback):
                     )
             except ValueError as error:
                 issues.append(str(error))
-            issues += self.algorithm.check(RunSettings(datamodule.num_clients, 0, self.client_optim.proximal_weight))
+            issues += self.algorithm.check(RunSettings(datamodule.num_clients, 0, self.client_optim.proximal_weight,
+                                                       getattr(views, "num_layers", None), self.fleet is not None))
+            issues += fleet_data_issues(self.fleet, datamodule)
         if trainer.max_steps != -1:
             issues.append(
                 f"set trainer.max_steps to -1 (got {trainer.max_steps}); FederatedLoop.rounds sets the length.")
@@ -279,8 +292,17 @@ class FederatedLoop(Callback):
             self.client_fit, trainer.strategy.root_device, trainer.precision, self.seed, trainer.world_size,
         )
         transport = InProcessTransport(self.ledger, trainer.global_rank, trainer.world_size)
+        fleet = None
+        if self.fleet is not None:
+            fleet = simulated_fleet(self.fleet, views, trainer.datamodule, self.local_steps,
+                                    self.client_fit.accumulate_grad_batches)
+            if self._fleet_state is not None:
+                fleet.load_state_dict(self._fleet_state)
         self.runner = RoundRunner(self.algorithm, views, trainer.datamodule, clients, self.round_settings,
-                                  self.ledger, transport, self.server_optimizer)
+                                  self.ledger, transport, self.server_optimizer, fleet)
+        report = self.algorithm.report()
+        if report and trainer.is_global_zero and trainer.log_dir:
+            write_text_atomic(Path(trainer.log_dir) / "algorithm.txt", report + "\n")
         if self._resumed_epoch is not None:
             for logger in trainer.loggers:
                 if callable(getattr(logger, "resume_rows", None)):
@@ -377,6 +399,7 @@ class FederatedLoop(Callback):
             "rng": capture_rng(),
             **({"algorithm": state} if (state := self.algorithm.state_dict()) else {}),
             **({"server_optimizer": self.server_optimizer.state_dict()} if self.server_optimizer is not None else {}),
+            **({"fleet": self.runner.fleet.state_dict()} if self.runner is not None and self.runner.fleet else {}),
         }
 
     @override
@@ -387,6 +410,7 @@ class FederatedLoop(Callback):
         self._pending_rng = state_dict.get("rng")
         if "algorithm" in state_dict:
             self.algorithm.load_state_dict(state_dict["algorithm"])
+        self._fleet_state = state_dict.get("fleet")
         if self.server_optimizer is not None and "server_optimizer" in state_dict:
             self.server_optimizer.load_state_dict(state_dict["server_optimizer"])
         sampling = state_dict.get("sampling", {})

@@ -41,7 +41,7 @@ def test_every_algorithm_on_every_task_recipe(task, algorithm):
                 "fedot": ((0, 1), (2,), (3, 4)), "fedavg_lora": ((), (), (0, 1, 2, 3, 4)),
                 "fedprox": ((), (), (0, 1, 2, 3, 4)), "fed_kd": ((), (), (0, 1, 2, 3, 4)),
                 "fedmkt": ((), (), (0, 1, 2, 3, 4)), "splitfed_lora": ((), (), (0, 1, 2, 3, 4)),
-                "splitfed_lora_u": ((), (), (0, 1, 2, 3, 4))}[algorithm]
+                "splitfed_lora_u": ((), (), (0, 1, 2, 3, 4)), "hierfedlora": ((), (), (0, 1, 2, 3, 4))}[algorithm]
     assert (layout.bottom_adapter, layout.emulator, layout.top_adapter) == expected
 
 

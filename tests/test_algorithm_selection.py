@@ -17,7 +17,7 @@ class Scaled(FedAvgLoRA):
 
 def test_every_form_resolves_to_the_same_kind_of_object():
     assert list(ALGORITHMS) == ["fedbiot", "fedot", "offsite_tuning", "fedavg_lora", "fedprox", "fed_kd", "fedmkt",
-                               "splitfed_lora", "splitfed_lora_u"]
+                               "splitfed_lora", "splitfed_lora_u", "hierfedlora"]
     assert type(resolve_algorithm("fedprox")) is FedProx
     assert type(resolve_algorithm("fedbiot_pl.algorithms.FedProx")) is FedProx
     made = resolve_algorithm({"class_path": f"{__name__}.Scaled", "init_args": {"factor": 0.5}})

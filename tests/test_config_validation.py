@@ -48,7 +48,7 @@ def test_loop_settings_are_checked_together():
     message = str(info.value)
     for part in (
         ("algorithm: unknown algorithm 'fedsgd'; choose one of ['fed_kd', 'fedavg_lora', 'fedbiot', 'fedmkt', "
-         "'fedot', 'fedprox', 'offsite_tuning', 'splitfed_lora', 'splitfed_lora_u']"),
+         "'fedot', 'fedprox', 'hierfedlora', 'offsite_tuning', 'splitfed_lora', 'splitfed_lora_u']"),
         "local_steps must be an integer >= 1, got 0",
         "min_clients must be an integer >= 1, got 0",
         "on_too_few must be one of ['retry', 'stop'], got 'later'",

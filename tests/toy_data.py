@@ -80,3 +80,16 @@ class ToyKDData(ToyFederatedData):
                     batch[key][i, :n] = example[key]
             batches.append(batch)
         return batches
+
+
+class ToyGroupedData(ToyFederatedData):
+    """:class:`ToyFederatedData` whose clients hold categories (a partition report, for grouping) and a max length."""
+
+    def __init__(self, categories: tuple[dict[str, int], ...], **kwargs) -> None:
+        from fedbiot_pl.data.partition_report import partition_table
+
+        examples = tuple(sum(c.values()) for c in categories)
+        super().__init__(num_clients=len(categories), examples=examples, **kwargs)
+        keys = [[name for name, count in c.items() for _ in range(count)] for c in categories]
+        self.partition_report = partition_table(keys, [0] * len(keys), [0] * len(keys), "category")
+        self.max_length = self.length

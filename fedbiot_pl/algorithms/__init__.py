@@ -16,6 +16,8 @@ algorithm           client model                 trained on clients     server a
                                                                         segment per step)
 ``splitfed_lora_u``  [0, cut) and the top layers  its layers' LoRA       none (trains its    none
                      with the head                                      segment per step)
+``hierfedlora``     the full model               LoRA of its group's     none (edge FedAvg,  none
+                                                 top ``depth`` layers    then per layer)
 ==================  ===========================  =====================  ==================  ============
 
 The split algorithms (:mod:`fedbiot_pl.algorithms.split`) exchange activations and gradients every step.
@@ -41,9 +43,10 @@ from fedbiot_pl.algorithms.fedavg import FedAvgLoRA, FedProx  # isort: skip
 from fedbiot_pl.algorithms.kd import FedKD, KDAlgorithm  # isort: skip
 from fedbiot_pl.algorithms.fedmkt import FedMKT  # isort: skip
 from fedbiot_pl.algorithms.split import SplitFedLoRA, SplitFedLoRAU  # isort: skip
+from fedbiot_pl.algorithms.hierfedlora import HierFedLoRA  # isort: skip
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "ClientOptim", "FedAvgLoRA", "FedBiOT", "FedKD", "FedMKT", "FedOT", "FedProx",
-    "KDAlgorithm", "LayoutRequest", "OffsiteTuning", "ProximalKind", "RunSettings", "SplitFedLoRA", "SplitFedLoRAU",
-    "register_algorithm", "resolve_algorithm",
+    "HierFedLoRA", "KDAlgorithm", "LayoutRequest", "OffsiteTuning", "ProximalKind", "RunSettings", "SplitFedLoRA",
+    "SplitFedLoRAU", "register_algorithm", "resolve_algorithm",
 ]

@@ -23,6 +23,7 @@ from fedbiot_pl.model.layer_drop import LayerLayout, layer_layout
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
+    from fedbiot_pl.federation.grouped_round import GroupRound
     from fedbiot_pl.federation.messages import Message
     from fedbiot_pl.model.views import ModelViews
 
@@ -46,6 +47,10 @@ class RunSettings:
     num_clients: int | None = None
     pre_alignment_rounds: int = 0
     proximal_weight: float = 0.0
+    num_layers: int | None = None
+    """The model's decoder layers (``None`` before the model's config is read)."""
+    simulated: bool | None = None
+    """Whether ``federated.devices`` simulates a device fleet (``None``: not known yet)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,16 @@ class Algorithm:
     def connect(self, transport: Any) -> None:
         """Called once after :meth:`attach` with the round's transport (split learning opens its channel here)."""
 
+    def groups(self, round_idx: int, clients: Sequence[int], fleet: Any) -> list[GroupRound] | None:
+        """A hierarchical round's device groups (:mod:`~fedbiot_pl.federation.grouped_round`); ``None``: one flat round.
+
+        ``clients`` are the round's sampled clients; ``fleet`` the run's simulated devices (``None``: none).
+        """
+        return None
+
+    def round_done(self, round_idx: int, groups: Sequence[GroupRound]) -> None:
+        """Called after a hierarchical round was applied, with the groups that ran it."""
+
     def broadcast_message(self, views: ModelViews, round_idx: int) -> Message:
         """The message sent to every sampled client of round ``round_idx`` (:meth:`broadcast` as LoRA)."""
         from fedbiot_pl.federation.messages import LoRAState
@@ -157,6 +172,10 @@ class Algorithm:
         from fedbiot_pl.federation.validation import receive_update
 
         return receive_update(payload, reference, max_norm)
+
+    def report(self) -> str:
+        """A text the run folder keeps as ``algorithm.txt`` once the first round is set (empty: nothing to keep)."""
+        return ""
 
     def personal_states(self) -> dict[int, dict[str, Tensor]]:
         """Each client's own LoRA where clients keep models of their own (empty: they all hold the global one)."""

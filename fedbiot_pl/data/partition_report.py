@@ -162,3 +162,16 @@ def write_report(table: PartitionTable, folder: str | Path) -> list[Path]:
     except ImportError as error:
         log.warning("Partition chart skipped: %s", error)
         return [text]
+
+
+def format_group_table(table: PartitionTable, groups: Sequence[Sequence[int]], draws: int = 20, seed: int = 0) -> str:
+    """The partition grouped (HierFedLoRA): per group its clients, examples, KL and TV to the global mix.
+
+    The size-weighted KL is shown next to that of ``draws`` seeded random groupings of the same sizes.
+
+    Raises:
+        ConfigError: the table has no key (nothing to compare), or ``groups`` do not partition its clients.
+    """
+    from fedbiot_pl.hierarchy.grouping import counts_from_table, format_group_report
+
+    return format_group_report(counts_from_table(table), groups, draws=draws, seed=seed, labels=table.values)

@@ -41,3 +41,38 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
             acc.add_(state[key].float(), alpha=weight / total)
         averaged[key] = acc.to(first.dtype)
     return averaged
+
+
+def layerwise_fedavg(global_state: Mapping[str, Tensor], states: Sequence[Mapping[str, Tensor]],
+                     weights: Sequence[float]) -> dict[str, Tensor]:
+    """Per key, the weighted mean over the ``states`` that hold it; keys none holds keep ``global_state``'s value.
+
+    HierFedLoRA's cloud step: a group trained only its top layers, so its state holds only their
+    keys, and each layer is averaged over the groups that trained it (weights renormalised per key).
+    With every state holding every key this is :func:`fedavg` (bit for bit: the same float32 sums).
+
+    Raises:
+        ValueError: a length mismatch, negative or all-zero weights, a key ``global_state`` lacks,
+            or a shape that differs from ``global_state``'s.
+    """
+    if len(states) != len(weights):
+        raise ValueError(f"layerwise_fedavg got {len(states)} states but {len(weights)} weights.")
+    if any(w < 0 for w in weights) or (states and sum(weights) <= 0):
+        raise ValueError(f"layerwise_fedavg weights must be >= 0 with a positive sum, got {list(weights)}.")
+    averaged = {}
+    for key, value in global_state.items():
+        holders = [(state[key], weight) for state, weight in zip(states, weights, strict=True) if key in state]
+        total = float(sum(weight for _, weight in holders))
+        if not holders or total <= 0:
+            averaged[key] = value.clone()
+            continue
+        acc = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
+        for tensor, weight in holders:
+            if tensor.shape != value.shape:
+                raise ValueError(f"{key}: a state has shape {tuple(tensor.shape)}, expected {tuple(value.shape)}.")
+            acc.add_(tensor.float(), alpha=weight / total)
+        averaged[key] = acc.to(value.dtype)
+    unknown = sorted({key for state in states for key in state} - set(global_state))
+    if unknown:
+        raise ValueError(f"{len(unknown)} keys are not in the global state, e.g. {unknown[:3]}.")
+    return averaged

@@ -31,6 +31,7 @@ class RoundAttempt:
     losses: dict[int, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     reference: dict[str, Any] = field(default_factory=dict, repr=False)  # what the clients started from
+    groups: list[dict[str, Any]] = field(default_factory=list)  # a hierarchical round's groups (grouped_round)
 
     def drop(self, client_id: int, reason: str) -> None:
         """Record that ``client_id``'s fit failed (it raised, its loss was not finite, it timed out)."""
@@ -60,7 +61,7 @@ def too_few_message(round_idx: int, attempts: list[RoundAttempt], min_clients: i
     """Why the run stops: the accepted count, every client's fault, and the settings that help."""
     last = attempts[-1]
     lines = [(
-        f"round {round_idx}: only {len(last.uploads)} of {len(last.clients)} sampled clients gave an accepted "
+        f"round {round_idx}: only {len(last.losses)} of {len(last.clients)} sampled clients gave an accepted "
         f"update (attempt {last.attempt + 1} of {len(attempts)}), fewer than federated.min_clients={min_clients}."
     )]
     for event in (e for attempt in attempts for e in attempt.events):
@@ -87,7 +88,7 @@ def round_record(round_idx: int, attempts: list[RoundAttempt]) -> tuple[dict[str
     metrics = {f"client/{client_id}/loss": loss for client_id, loss in final.losses.items()}
     metrics.update({
         "round/client_loss": sum(final.losses.values()) / len(final.losses),
-        "round/index": float(round_idx), "round/clients": float(len(final.uploads)),
+        "round/index": float(round_idx), "round/clients": float(len(final.losses)),
         "round/dropped": float(sum(event["outcome"] == "dropped" for event in events)),
         "round/rejected": float(sum(event["outcome"] == "rejected" for event in events)),
         "round/attempts": float(len(attempts)),

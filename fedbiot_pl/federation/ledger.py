@@ -22,6 +22,9 @@ class CommLedger:
     Split learning's per-step messages (activations, gradients, labels, ...) count in the totals too,
     and by direction and tensor in ``split_bytes`` (``"up/activations"``, ``"down/gradients"``, ...);
     ``split_requests`` counts the requests (each answered by one reply).
+
+    In a hierarchical round (HierFedLoRA) the totals are the device <-> edge traffic, and
+    ``cloud_bytes_down``/``cloud_bytes_up`` count the tensors between the groups' edges and the cloud.
     """
 
     bytes_down: int = 0
@@ -33,6 +36,8 @@ class CommLedger:
     wire_bytes_up: int = 0
     split_requests: int = 0
     split_bytes: dict[str, int] = field(default_factory=dict)
+    cloud_bytes_down: int = 0
+    cloud_bytes_up: int = 0
 
     def record_down(self, state: Mapping[str, Tensor], clients: int) -> int:
         """Count one broadcast of ``state`` to ``clients`` clients; returns the bytes added."""
@@ -69,6 +74,11 @@ class CommLedger:
         self.bytes_down += sum(down.values())
         self.split_requests += 1
         self.record_wire(down=wire_down, up=wire_up)
+
+    def record_cloud(self, down: int = 0, up: int = 0) -> None:
+        """Count tensor bytes between a group's edge and the cloud (down: to the edge)."""
+        self.cloud_bytes_down += down
+        self.cloud_bytes_up += up
 
     def state_dict(self) -> dict[str, Any]:
         """The totals (a checkpoint's copy)."""

@@ -15,6 +15,11 @@ One round ``t`` (attempt ``a``; a retry samples again with ``attempt=a``)::
     fewer than min_clients accepted -> algorithm.restore the global state, retry or stop
     algorithm.aggregate(accepted, weights) [-> server_optimizer.step] -> algorithm.apply(views, .)
     algorithm.server_steps(t) alignment steps (the loop's server epoch, or ``server_step`` here)
+
+A hierarchical algorithm (HierFedLoRA) returns the round's groups from ``algorithm.groups``; the
+attempt then runs every group's intra-group rounds (:func:`~fedbiot_pl.federation.grouped_round.run_groups`)
+and the accepted "uploads" are the groups' states. With a simulated fleet (``fleet``) every round also
+advances its clock by the simulated seconds of the round's exchanges (``sim/*`` metrics).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from typing import Any
 
 from fedbiot_pl.federation.attempts import RoundAttempt, TooFewClientsError, round_record, too_few_message
 from fedbiot_pl.federation.client import ClientData, LocalClients
+from fedbiot_pl.federation.grouped_round import run_groups
 from fedbiot_pl.federation.ledger import CommLedger
+from fedbiot_pl.federation.messages import payload_bytes
 from fedbiot_pl.federation.sampling import sample_clients
 from fedbiot_pl.federation.transport import InProcessTransport, Transport
 
@@ -70,18 +77,25 @@ class RoundRunner:
         ledger: the traffic totals (a new one if not given).
         transport: how messages reach the clients (in-process if not given).
         server_optimizer: a FedOpt server optimizer applied to the aggregate (``None``: FedAvg).
+        fleet: the simulated devices and their clock
+            (:class:`~fedbiot_pl.hierarchy.simulation.SimulatedFleet`; ``None``: no simulated time).
     """
 
     def __init__(self, algorithm: Any, views: Any, data: ClientData, clients: LocalClients,
                  settings: RoundSettings, ledger: CommLedger | None = None, transport: Transport | None = None,
-                 server_optimizer: Any = None) -> None:
+                 server_optimizer: Any = None, fleet: Any = None) -> None:
         self.algorithm, self.views, self.data, self.clients = algorithm, views, data, clients
         self.settings = settings
         self.ledger = ledger if ledger is not None else CommLedger()
         self.transport = transport if transport is not None else InProcessTransport(self.ledger)
         self.server_optimizer = server_optimizer
+        self.fleet = fleet
+        self._groups: list[Any] | None = None  # the current round's groups (hierarchical rounds)
+        self._seconds: list[float] = []  # the current round's attempts' simulated seconds
         algorithm.attach(views, data, clients)
         algorithm.connect(self.transport)
+        # A hierarchical algorithm groups the devices and checks its schedule now, before any training.
+        algorithm.groups(0, list(range(data.num_clients)), fleet)
 
     def run_round(self, round_idx: int, server_step: Callable[[int], Any] | None = None,
                   align_steps: int = 0) -> RoundResult:
@@ -97,20 +111,34 @@ class RoundRunner:
             TooFewClientsError: fewer than ``min_clients`` accepted updates in every attempt.
         """
         started = time.perf_counter()
-        down_before, up_before = self.ledger.bytes_down, self.ledger.bytes_up
+        ledger = self.ledger
+        before = (ledger.bytes_down, ledger.bytes_up, ledger.cloud_bytes_down, ledger.cloud_bytes_up)
+        self._seconds = []
         attempts = self._attempts(round_idx)
         final = attempts[-1]
         aggregate = self.algorithm.aggregate(final.uploads, final.weights)
         if self.server_optimizer is not None:
             aggregate = self.server_optimizer.step(final.reference, aggregate)
         self.algorithm.apply(self.views, aggregate)
+        if self._groups is not None:
+            self.algorithm.round_done(round_idx, self._groups)
         metrics, entry = round_record(round_idx, attempts)
         metrics.update({
             "round/client_seconds": time.perf_counter() - started,
-            "comm/bytes_down": float(self.ledger.bytes_down - down_before),
-            "comm/bytes_up": float(self.ledger.bytes_up - up_before),
-            "comm/total_bytes": float(self.ledger.bytes_down + self.ledger.bytes_up),
+            "comm/bytes_down": float(ledger.bytes_down - before[0]),
+            "comm/bytes_up": float(ledger.bytes_up - before[1]),
+            "comm/total_bytes": float(ledger.bytes_down + ledger.bytes_up),
         })
+        if self._groups is not None:
+            metrics.update({"comm/cloud_bytes_down": float(ledger.cloud_bytes_down - before[2]),
+                            "comm/cloud_bytes_up": float(ledger.cloud_bytes_up - before[3]),
+                            "comm/cloud_total_bytes": float(ledger.cloud_bytes_down + ledger.cloud_bytes_up)})
+            entry["groups"] = final.groups
+            for group in final.groups:
+                metrics[f"group/{group['group']}/depth"] = float(group["depth"])
+                metrics[f"group/{group['group']}/intra_rounds"] = float(group["intra_rounds"])
+        if self.fleet is not None:
+            metrics.update(self._advance_clock(final))
         steps = self.algorithm.server_steps(round_idx, align_steps)
         if server_step is not None and steps > 0:
             server_step(steps)
@@ -122,22 +150,46 @@ class RoundRunner:
         for attempt in range(1 + (settings.max_round_retries if settings.on_too_few == "retry" else 0)):
             clients = sample_clients(self.data.num_clients, settings.clients_per_round, settings.seed, round_idx,
                                      attempt)
-            message = self.algorithm.broadcast_message(self.views, round_idx)
-            self.ledger.record_down(message.tensors, len(clients))
-            # The upload's reference (LoRA: what the clients received of the part they train).
-            result = RoundAttempt(attempt, clients,
-                                  reference=self.algorithm.upload_reference(self.views, message, round_idx))
-            client_fn = partial(self.clients.run, round_idx=round_idx, attempt=attempt)
-            for reply in self.transport.exchange(clients, message.encode(), client_fn):
-                self._receive(result, reply, round_idx)
+            self._groups = self.algorithm.groups(round_idx, clients, self.fleet)
+            if self._groups is not None:
+                result = run_groups(self, round_idx, attempt, clients, self._groups, self._receive)
+                self._seconds.append(max((g["seconds"] for g in result.groups), default=0.0))
+            else:
+                result = self._flat_attempt(round_idx, attempt, clients)
             attempts.append(result)
-            if len(result.uploads) >= settings.min_clients:
+            if len(result.losses) >= settings.min_clients:
                 return attempts
             self.algorithm.restore(self.views, result.reference)  # the clients' fits left their LoRA in the views
             log.warning("round %d, attempt %d: %d accepted updates, fewer than min_clients=%d.",
                         round_idx, attempt + 1, len(result.uploads), settings.min_clients)
         message = too_few_message(round_idx, attempts, settings.min_clients, settings.on_too_few)
         raise TooFewClientsError(message) from self.clients.last_error
+
+    def _flat_attempt(self, round_idx: int, attempt: int, clients: list[int]) -> RoundAttempt:
+        """Broadcast, every sampled client's fit and upload, and their checks (one flat attempt)."""
+        message = self.algorithm.broadcast_message(self.views, round_idx)
+        self.ledger.record_down(message.tensors, len(clients))
+        # The upload's reference (LoRA: what the clients received of the part they train).
+        result = RoundAttempt(attempt, clients,
+                              reference=self.algorithm.upload_reference(self.views, message, round_idx))
+        client_fn = partial(self.clients.run, round_idx=round_idx, attempt=attempt)
+        for reply in self.transport.exchange(clients, message.encode(), client_fn):
+            self._receive(result, reply, round_idx)
+        if self.fleet is not None:  # each client: the broadcast down, its fit at full depth, its upload up
+            self._seconds.append(self.fleet.exchange_seconds(
+                clients, round_idx, down_bytes=payload_bytes(message.tensors),
+                up_bytes=payload_bytes(result.reference), depth=len(self.views.layout.adapter_positions)))
+        return result
+
+    def _advance_clock(self, final: RoundAttempt) -> dict[str, float]:
+        """Advance the simulated clock by the round's attempts; the ``sim/*`` metrics."""
+        round_seconds = float(sum(self._seconds))
+        total = self.fleet.clock.advance(round_seconds)
+        metrics = {"sim/round_seconds": round_seconds, "sim/seconds": total}
+        if final.groups and self._seconds[-1] > 0:  # groups waiting for the slowest one
+            busy = [g["seconds"] for g in final.groups]
+            metrics["sim/idle_fraction"] = 1.0 - sum(busy) / len(busy) / self._seconds[-1]
+        return metrics
 
     def _receive(self, result: RoundAttempt, reply: Any, round_idx: int) -> None:
         """Drop, reject or accept one client's reply (every rank does this for every client, in order)."""

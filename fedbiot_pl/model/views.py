@@ -15,6 +15,7 @@ these models they fire twice and ``hidden_states`` comes back misaligned (logits
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -107,6 +108,7 @@ class ModelViews(nn.Module):
         self._config = None
         self._layout: LayerLayout | None = None
         self.built = False
+        self._adapter_depth: int | None = None  # set inside trained_depth()
         if model != "<in-memory>":
             self._config = self._load_config()
             self._check(self._config)
@@ -296,8 +298,30 @@ class ModelViews(nn.Module):
         if part == "emulator":
             return set(self.layout.emulator_positions)
         if part == "adapter":
-            return set(self.layout.adapter_positions)
+            adapter = sorted(self.layout.adapter_positions)
+            depth = self._adapter_depth
+            return set(adapter if depth is None else adapter[len(adapter) - depth:])
         return set(range(len(self.layout.compressed)))
+
+    @contextlib.contextmanager
+    def trained_depth(self, depth: int) -> Iterator[ModelViews]:
+        """Inside, the adapter is only its top ``depth`` layers (HierFedLoRA's fine-tuning depth).
+
+        The client's optimizer, :meth:`set_trainable`, the upload and its check all ask for the
+        ``adapter`` part, so they follow with no other change: the layers below train nothing and run
+        in eval mode, and autograd stops at the lowest trained layer. Outside, nothing changes.
+
+        Raises:
+            ConfigError: ``depth`` is not in ``[1, adapter layers]``.
+        """
+        layers = len(self.layout.adapter_positions)
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= layers:
+            raise ConfigError(f"depth must be an integer in [1, {layers}] (the adapter layers), got {depth!r}.")
+        previous, self._adapter_depth = self._adapter_depth, depth
+        try:
+            yield self
+        finally:
+            self._adapter_depth = previous
 
     def lora_parameters(self, part: Part) -> dict[str, nn.Parameter]:
         """The live LoRA parameters of ``part``, keyed like ``peft.get_peft_model_state_dict``."""

@@ -1,0 +1,1 @@
+"""HierFedLoRA's pieces that need no model: grouping, the device fleet, depth costs, the schedule and the clock."""
