@@ -259,7 +259,7 @@ class FederatedLoop(Callback):
                 issues.append(str(error))
             issues += self.algorithm.check(RunSettings(datamodule.num_clients, 0, self.client_optim.proximal_weight,
                                                        getattr(views, "num_layers", None), self.fleet is not None))
-            issues += fleet_data_issues(self.fleet, datamodule)
+            issues += fleet_data_issues(self.fleet, datamodule) + self.algorithm.data_issues(datamodule)
         if trainer.max_steps != -1:
             issues.append(
                 f"set trainer.max_steps to -1 (got {trainer.max_steps}); FederatedLoop.rounds sets the length.")
@@ -293,11 +293,9 @@ class FederatedLoop(Callback):
         )
         transport = InProcessTransport(self.ledger, trainer.global_rank, trainer.world_size)
         fleet = None
-        if self.fleet is not None:
+        if self.fleet is not None:  # its clock continues a checkpoint's at the first epoch (_pending_state)
             fleet = simulated_fleet(self.fleet, views, trainer.datamodule, self.local_steps,
                                     self.client_fit.accumulate_grad_batches)
-            if self._fleet_state is not None:
-                fleet.load_state_dict(self._fleet_state)
         self.runner = RoundRunner(self.algorithm, views, trainer.datamodule, clients, self.round_settings,
                                   self.ledger, transport, self.server_optimizer, fleet)
         report = self.algorithm.report()
@@ -331,6 +329,11 @@ class FederatedLoop(Callback):
         if self._pending_rng is not None:  # resumed: continue from the checkpoint's random states
             restore_rng(self._pending_rng)
             self._pending_rng = None
+        # Resumed: the clock continues. Here, not in on_fit_start: strategies that restore the checkpoint
+        # after their set-up (DeepSpeed) load the callbacks' state after on_fit_start.
+        if self._fleet_state is not None and self.runner.fleet is not None:
+            self.runner.fleet.load_state_dict(self._fleet_state)
+            self._fleet_state = None
         self._round_metrics = {}
         round_idx = self.round_index(trainer.current_epoch)
         # The epoch's training steps are the server steps the algorithm takes after this round.
@@ -411,6 +414,10 @@ class FederatedLoop(Callback):
         if "algorithm" in state_dict:
             self.algorithm.load_state_dict(state_dict["algorithm"])
         self._fleet_state = state_dict.get("fleet")
+        if (self._fleet_state is None) != (self.fleet is None) and self._completed_epoch is not None:
+            log.warning("resuming %s a simulated fleet, but the checkpoint's run was %s one: sim/seconds %s.",
+                        "with" if self.fleet is not None else "without", "without" if self.fleet else "with",
+                        "starts from 0 at this round" if self.fleet is not None else "is no longer logged")
         if self.server_optimizer is not None and "server_optimizer" in state_dict:
             self.server_optimizer.load_state_dict(state_dict["server_optimizer"])
         sampling = state_dict.get("sampling", {})

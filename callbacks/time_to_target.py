@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch import Callback
 from typing_extensions import override
 
-from fedbiot_pl.callbacks.federated_loop import round_due
+from fedbiot_pl.callbacks.federated_loop import FederatedLoop, round_due
 from fedbiot_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,15 @@ class TimeToTarget(Callback):
         if stage == "fit" and (loop is None or loop.fleet is None):
             raise ConfigError("TimeToTarget reads the simulated clock: add a FederatedLoop with federated.devices "
                               "set (a fleet), or remove the TimeToTarget callback.")
+        # The round's metrics are logged in the loop's and PeriodicEvaluation's on_train_epoch_end: read them
+        # after those callbacks, whatever order the user listed them in.
+        from fedbiot_pl.callbacks.periodic_evaluation import PeriodicEvaluation
+
+        callbacks = trainer.callbacks
+        writers = [i for i, cb in enumerate(callbacks) if isinstance(cb, FederatedLoop | PeriodicEvaluation)]
+        if writers and callbacks.index(self) < writers[-1]:
+            callbacks.remove(self)
+            callbacks.insert(writers[-1], self)  # the last writer moved up by one: this lands right after it
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -248,6 +248,30 @@ class FederatedInstructionDataModule(LightningDataModule):
                  format_partition_table(self.partition_report))
         self._write_report_to_run_folder()
 
+    def partition_counts(self) -> PartitionTable:
+        """The per-client key counts of the task partition :meth:`setup` makes, without tokenising.
+
+        Loads the task rows (``max_task_examples``) and applies ``keys_for_partition``, ``exclude_rows`` and
+        ``client_shards`` exactly as :meth:`setup` does; the table's training counts are those before
+        truncation drops (``dropped`` is 0: :meth:`setup` later drops the examples whose response
+        ``max_length`` cuts away). The public data and the tokenizer are not loaded. For planning
+        (``fedbiot-plan`` groups HierFedLoRA's clients by these counts).
+
+        Raises:
+            FileNotFoundError: The task file does not exist.
+            ValueError: A data or partition problem, as :meth:`setup` raises it.
+        """
+        task_rows, task_spec = self._load(self.task, self.max_task_examples)
+        key, keys = keys_for_partition(self.task, task_rows, task_spec, self.partition, self.partition_key)
+        task_rows, keys = exclude_rows(task_rows, key, keys, list(self.exclude_keys or ()), self.task.describe(),
+                                       truncated=self.max_task_examples is not None)
+        shards = client_shards(
+            len(task_rows), keys, self.partition, self._num_clients, self.dirichlet_alpha, self.min_client_size,
+            self.val_fraction, self.seed, f"{self.task.describe()} (partition={self.partition!r})",
+        )
+        train_keys = [[keys[i] for i in rows] if keys is not None else [""] * len(rows) for rows, _ in shards]
+        return partition_table(train_keys, [len(rows) for _, rows in shards], [0] * len(shards), key)
+
     def client_num_examples(self, client_id: int) -> int:
         """Number of training examples held by client ``client_id`` (after :meth:`setup`)."""
         return len(self._client_examples(client_id))

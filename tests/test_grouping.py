@@ -195,10 +195,17 @@ def test_random_groups_seeded_and_balanced() -> None:
 
 
 def test_by_speed_groups_consecutive_speeds() -> None:
-    # by speed: 1, 3, 4 | 2, 0 (the slowest 3, then the fastest 2)
-    assert by_speed_groups([5.0, 1.0, 4.0, 2.0, 3.0], 2) == [[0, 2], [1, 3, 4]]
-    assert by_speed_groups([5.0, 1.0, 4.0, 2.0, 3.0], 2, sizes=[2, 3]) == [[0, 2, 4], [1, 3]]
-    assert by_speed_groups([2.0, 1.0, 2.0, 1.0], 2) == [[0, 2], [1, 3]]  # ties keep the lower id first
+    # by speed: 1, 3, 4 | 2, 0 (the slowest 3, then the fastest 2); the slowest group first
+    assert by_speed_groups([5.0, 1.0, 4.0, 2.0, 3.0], 2) == [[1, 3, 4], [0, 2]]
+    assert by_speed_groups([5.0, 1.0, 4.0, 2.0, 3.0], 2, sizes=[2, 3]) == [[1, 3], [0, 2, 4]]
+    assert by_speed_groups([2.0, 1.0, 2.0, 1.0], 2) == [[1, 3], [0, 2]]  # ties keep the lower id first
+
+
+def test_given_sizes_keep_their_order_so_per_group_settings_apply_to_the_right_group() -> None:
+    assert [len(g) for g in random_groups(6, 2, 0, sizes=[1, 5])] == [1, 5]
+    counts = np.array([[10, 0], [10, 0], [0, 10], [0, 10], [5, 5], [5, 5]])
+    assert [len(g) for g in greedy_kl_groups(counts, 2, sizes=[4, 2])] == [4, 2]
+    assert [len(g) for g in greedy_kl_groups(counts, 2, sizes=[2, 4])] == [2, 4]
 
 
 def test_random_baseline_is_the_mean_min_max_of_the_draws() -> None:

@@ -265,3 +265,124 @@ def test_time_to_target_is_the_simulated_clock_when_the_metric_first_reaches_the
         plain = FederatedLoop(algorithm="fedavg_lora", rounds=1, local_steps=1, export_final_adapter=False)
         server_trainer(tmp_path / "b", plain, callbacks=[TimeToTarget()]).fit(
             EmulatorAlignmentModule(views_for(FedAvgLoRA()), kl_weight=0.0), datamodule=grouped_data())
+
+
+def _two_rank_round(rank: int, port: int, out: str) -> None:
+    import os
+
+    from fedbiot_pl.federation.ledger import CommLedger
+    from fedbiot_pl.federation.transport import InProcessTransport
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    algorithm = HierFedLoRA(num_groups=2, grouping="random", depth=[2, 1], intra_rounds=[1, 2])
+    views = views_for(algorithm)
+    data = ToyFederatedData(num_clients=4, examples=(8, 8, 16, 12), vocab=VOCAB)
+    fit = ClientFitSettings(local_steps=2, accumulate_grad_batches=1)
+    clients = LocalClients(algorithm, views, algorithm.client_module(views, ClientOptim(lr=2e-2)), data, fit,
+                           world_size=2)
+    run = RoundRunner(algorithm, views, data, clients, RoundSettings(),
+                      transport=InProcessTransport(CommLedger(), rank, 2))
+    run.run_round(0)
+    torch.save(views.lora_state("all"), f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_sharing_the_devices_end_with_the_one_process_lora(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "lora")
+    torch.multiprocessing.spawn(_two_rank_round, args=(port, out), nprocs=2, join=True)
+    data = ToyFederatedData(num_clients=4, examples=(8, 8, 16, 12), vocab=VOCAB)
+    run, views = runner(HierFedLoRA(num_groups=2, grouping="random", depth=[2, 1], intra_rounds=[1, 2]), data)
+    run.run_round(0)
+    expected = views.lora_state("all")
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        assert all(torch.equal(got[key], expected[key]) for key in expected), rank
+
+
+# ---------------------------------------------------------------- faults, sampling, data checks
+def drop_in(run, monkeypatch, dropped):
+    """Clients in ``dropped`` (pairs of client, client round) fail their fit."""
+    from fedbiot_pl.federation.transport import ClientReply
+
+    real = run.clients.run
+
+    def run_client(client_id, broadcast, round_idx, attempt=0):
+        if (client_id, round_idx) in dropped:
+            return ClientReply(client_id, float("nan"), b"", "fit raised RuntimeError: injected")
+        return real(client_id, broadcast, round_idx=round_idx, attempt=attempt)
+
+    monkeypatch.setattr(run.clients, "run", run_client)
+
+
+def test_a_device_dropped_in_its_last_intra_round_leaves_its_group_and_the_count(monkeypatch):
+    data = ToyFederatedData(num_clients=4, examples=(8, 8, 16, 12), vocab=VOCAB)
+    hier = HierFedLoRA(num_groups=2, grouping="random", group_sizes=[2, 2], depth=2, intra_rounds=2,
+                       max_intra_rounds=2)
+    run, views = runner(hier, data)
+    a, b = hier.groups(0, [0, 1, 2, 3], None)
+    victim = b.members[1]
+    drop_in(run, monkeypatch, {(victim, 1)})  # round 0, intra-group round 1
+    result = run.run_round(0)
+    assert result.metrics["round/clients"] == 3.0 and result.metrics["round/dropped"] == 1.0
+    examples = {g["group"]: g["examples"] for g in result.entry["groups"]}
+    assert examples == {a.index: sum(data.examples[d] for d in a.members), b.index: data.examples[b.members[0]]}
+
+
+def test_a_group_with_no_accepted_upload_keeps_the_global_lora_and_a_retry_starts_from_it(monkeypatch):
+    data = ToyFederatedData(num_clients=4, examples=(8, 8, 16, 12), vocab=VOCAB)
+    hier = HierFedLoRA(num_groups=2, grouping="random", depth=[5, 1], intra_rounds=1)
+    run, views = runner(hier, data, min_clients=3, on_too_few="retry", max_round_retries=1)
+    deep, shallow = hier.groups(0, [0, 1, 2, 3], None)
+    before = views.lora_state("all")
+    # attempt 1: the deep group's devices fail -> 2 accepted < 3: retried; attempt 2: all fine
+    drop_in(run, monkeypatch, {(d, 0) for d in deep.members})
+    calls = []
+    real = run.transport.exchange
+    monkeypatch.setattr(run.transport, "exchange", lambda c, b, f: calls.append(list(c)) or real(c, b, f))
+    with pytest.raises(Exception, match="fewer than federated.min_clients=3"):
+        run.run_round(0)
+    assert calls == [list(deep.members), list(shallow.members)] * 2
+    after = views.lora_state("all")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing applied, the global LoRA restored
+    # with min_clients 1 the shallow group alone moves its one layer; the deep group's layers keep their value
+    run.settings = RoundSettings(min_clients=1)
+    run.run_round(0)
+    after = views.lora_state("all")
+    assert all(torch.equal(before[k], after[k]) for k in before if layer_of(k) < 4)
+    assert any(not torch.equal(before[k], after[k]) for k in before if layer_of(k) == 4)
+
+
+def test_with_clients_per_round_only_the_sampled_devices_train_in_their_groups():
+    data = ToyFederatedData(num_clients=4, examples=(8, 8, 16, 12), vocab=VOCAB)
+    hier = HierFedLoRA(num_groups=2, grouping="random", depth=2, intra_rounds=1)
+    run, _ = runner(hier, data, clients_per_round=2, seed=5)
+    result = run.run_round(0)
+    sampled = result.entry["clients"]
+    assert len(sampled) == 2
+    assert sorted(m for g in result.entry["groups"] for m in g["members"]) == sorted(sampled)
+    assert sorted(c for c, _ in data.requested) == sorted(sampled)
+
+
+def test_greedy_grouping_without_category_counts_is_refused_at_set_up(tmp_path):
+    with pytest.raises(ConfigError, match="set data.partition_key .* or use grouping: random"):
+        fit_loop(HierFedLoRA(num_groups=2, depth=1, intra_rounds=1), tmp_path)  # ToyFederatedData: no report
+
+
+def test_time_to_target_reads_the_round_metrics_whatever_the_callback_order(tmp_path):
+    from fedbiot_pl.callbacks import TimeToTarget
+
+    reached = TimeToTarget("round/client_loss", target=1e9)
+    algorithm = HierFedLoRA(num_groups=2, depth=2, intra_rounds=1)
+    loop = FederatedLoop(algorithm=algorithm, rounds=2, local_steps=1, client_accumulate_grad_batches=1,
+                         export_final_adapter=False, devices=one_tier())
+    module = EmulatorAlignmentModule(views_for(algorithm), kl_weight=0.0, lr=1e-2)
+    trainer = server_trainer(tmp_path, reached, callbacks=[loop])  # TimeToTarget listed first
+    trainer.fit(module, datamodule=grouped_data())
+    assert reached.round == 0 and reached.seconds == loop.history[0]["sim/seconds"]

@@ -161,7 +161,7 @@ def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.
     plans = {p["algorithm"]: p for p in run_json(capsys, "--model", str(LLAMA2_7B), "--compare", "--clients", "3",
                                                  "--adapter-layers", "2", "--drop-rate", "0.2")}
     assert list(plans) == ["fedbiot", "fedot", "offsite_tuning", "fedavg_lora", "fedprox", "fed_kd", "fedmkt",
-                           "splitfed_lora", "splitfed_lora_u"]
+                           "splitfed_lora", "splitfed_lora_u", "hierfedlora"]
     full, layer = 6_738_415_616, 202_383_360
     # FedAvg-LoRA: r=8 q/v LoRA on all 32 layers, the client holds (and adapts) the full model
     fedavg = plans["fedavg_lora"]
@@ -169,6 +169,10 @@ def test_compare_llama2_7b_reproduces_the_99_94_percent_headline(capsys: pytest.
     per_client = fedavg["per_client_per_round"]
     assert per_client["download_params"] == per_client["upload_params"] == 4_194_304
     assert round(100 * (1 - 4_194_304 / full), 2) == 99.94
+    # HierFedLoRA's row: one group at full depth, one intra-group round: FedAvg-LoRA's figures
+    hier = plans["hierfedlora"]
+    assert hier["per_client_per_round"] == per_client and hier["trainable"] == fedavg["trainable"]
+    assert hier["client_peak_memory"] == fedavg["client_peak_memory"] and hier["hier"]["groups"] is None
     # FedBiOT beta=0.2, adapter 2: 26-layer compressed model; emulator + adapter LoRA down, adapter LoRA up
     fedbiot = plans["fedbiot"]
     assert fedbiot["params"]["compressed"] == full - 6 * layer == 5_524_115_456

@@ -124,6 +124,10 @@ class Algorithm:
         An algorithm that needs the public data or fits on the server keeps them (LoRA averaging needs nothing).
         """
 
+    def data_issues(self, data: Any) -> list[str]:
+        """What the algorithm needs of the (set-up) data and it lacks, each naming the fix (checked at set-up)."""
+        return []
+
     def connect(self, transport: Any) -> None:
         """Called once after :meth:`attach` with the round's transport (split learning opens its channel here)."""
 

@@ -16,7 +16,8 @@ read; see docs/hierfedlora.md):
   each layer over the groups that trained it.
 
 The clients hold the full model with LoRA on every layer, as in FedAvg-LoRA; with one group, one
-intra-group round and full depth a round is FedAvg-LoRA's, bit for bit.
+intra-group round, full depth and ``max_intra_rounds: 1`` (so that the clients' data order and seeds are
+those of round ``t``) a round is FedAvg-LoRA's, bit for bit.
 """
 
 from __future__ import annotations
@@ -132,18 +133,27 @@ class HierFedLoRA(FedAvgLoRA):
         if _is_count(self.max_intra_rounds) and any(_is_count(k) and k > self.max_intra_rounds for k in fixed):
             issues.append(f"hierfedlora intra_rounds {self.intra_rounds!r} exceeds max_intra_rounds="
                           f"{self.max_intra_rounds}; raise max_intra_rounds (it numbers the clients' data order).")
-        if self.budget_seconds is not None and not (isinstance(self.budget_seconds, int | float)
-                                                    and self.budget_seconds > 0):
+        if self.budget_seconds is not None and (isinstance(self.budget_seconds, bool) or not (
+                isinstance(self.budget_seconds, int | float) and self.budget_seconds > 0)):
             issues.append(f"hierfedlora budget_seconds must be null or > 0, got {self.budget_seconds!r}.")
-        if not (isinstance(self.budget_factor, int | float) and self.budget_factor > 0):
+        if isinstance(self.budget_factor, bool) or not (isinstance(self.budget_factor, int | float)
+                                                        and self.budget_factor > 0):
             issues.append(f"hierfedlora budget_factor must be > 0, got {self.budget_factor!r}.")
-        if not (isinstance(self.speed_weight, int | float) and self.speed_weight >= 0):
+        if isinstance(self.speed_weight, bool) or not (isinstance(self.speed_weight, int | float)
+                                                       and self.speed_weight >= 0):
             issues.append(f"hierfedlora speed_weight must be >= 0, got {self.speed_weight!r}.")
+        fixed_depths = [self.depth] if _is_count(self.depth) else (
+            list(self.depth) if isinstance(self.depth, list | tuple) else [])
+        shallow = [d for d in fixed_depths if _is_count(d) and _is_count(self.min_depth) and d < self.min_depth]
+        if shallow:
+            issues.append(f"hierfedlora depth {self.depth!r} is below min_depth={self.min_depth}; raise the depth "
+                          "or lower min_depth.")
         return issues
 
     def needs_fleet(self) -> bool:
         """Whether the settings choose something from device profiles (depth or rounds ``auto``, speed grouping)."""
-        return AUTO in (self.depth, self.intra_rounds) or self.grouping == "by_speed" or bool(self.speed_weight)
+        by_speed = self.grouping == "by_speed" or (self.grouping == "greedy_kl" and bool(self.speed_weight))
+        return AUTO in (self.depth, self.intra_rounds) or by_speed
 
     def check(self, run: RunSettings) -> list[str]:
         """FedAvg-LoRA's checks, the settings, and those that need the clients, the layers or the fleet."""
@@ -168,9 +178,24 @@ class HierFedLoRA(FedAvgLoRA):
         return issues
 
     def resume_settings(self) -> dict[str, Any]:
-        """What a resumed run must share: the grouping and the schedule's settings."""
-        return {"num_groups": self.num_groups, "grouping": self.grouping, "group_sizes": self.group_sizes,
-                "depth": self.depth, "intra_rounds": self.intra_rounds, "max_intra_rounds": self.max_intra_rounds}
+        """What a resumed run must share: the groups (kept in the checkpoint) and the clients' data order.
+
+        The schedule's other settings (budget, priority, ...) may change on a resume: they act from the next round.
+        """
+        prefix = "federated.algorithm.init_args."
+        return {f"{prefix}{name}": getattr(self, name) for name in (
+            "num_groups", "grouping", "group_sizes", "max_intra_rounds")}
+
+    def data_issues(self, data: Any) -> list[str]:
+        """``greedy_kl`` groups by the clients' category counts: the data's partition report must have them."""
+        if self.grouping != "greedy_kl":
+            return []
+        table = getattr(data, "partition_report", None)
+        if table is None or getattr(table, "key", None) is None:
+            return ["hierfedlora grouping greedy_kl groups the clients by their category counts, but "
+                    f"{type(data).__name__} has no partition report with a key: set data.partition_key (e.g. "
+                    "category) or use grouping: random."]
+        return []
 
     # ------------------------------------------------------------------ the round
     def attach(self, views: Any, data: Any, clients: Any) -> None:
@@ -207,13 +232,14 @@ class HierFedLoRA(FedAvgLoRA):
 
     # ------------------------------------------------------------------ grouping and schedule
     def _ensure_groups(self, fleet: Any) -> None:
-        if self.groups_ is not None:
+        if self.groups_ is not None:  # a checkpoint's groups (resumed): describe them again
+            if not self._group_table:
+                self._describe()
             return
         from fedbiot_pl.hierarchy import grouping
 
         n = int(self._data.num_clients)
         speeds = [p.flops_per_s for p in fleet.profiles(range(n))] if fleet is not None else None
-        counts = None
         if self.grouping == "greedy_kl":
             counts = grouping.counts_from_table(getattr(self._data, "partition_report", None))
             self.groups_ = grouping.greedy_kl_groups(counts, self.num_groups, sizes=self.group_sizes, seed=self._seed,
@@ -222,14 +248,29 @@ class HierFedLoRA(FedAvgLoRA):
             self.groups_ = grouping.random_groups(n, self.num_groups, self._seed, sizes=self.group_sizes)
         else:
             self.groups_ = grouping.by_speed_groups(speeds, self.num_groups, sizes=self.group_sizes)
+        self._describe()
+
+    def _describe(self) -> None:
+        """The groups' divergence next to random grouping's (when the data has category counts)."""
+        from fedbiot_pl.hierarchy import grouping
+
         table = getattr(self._data, "partition_report", None)
         if table is not None and getattr(table, "key", None) is not None:
-            counts = grouping.counts_from_table(table) if counts is None else counts
+            counts = grouping.counts_from_table(table)
             self.divergence = {**grouping.group_divergence(counts, self.groups_),
                                "random": grouping.random_baseline(counts, self.num_groups, seed=self._seed,
                                                                   sizes=self.group_sizes)}
             self._group_table = format_group_table(table, self.groups_, seed=self._seed)
             log.info("hierfedlora groups (%s):\n%s", self.grouping, self._group_table)
+
+    def schedules(self) -> dict[str, Any]:
+        """The choices made so far: ``startup`` (un-jittered profiles) and per window start its configs."""
+        return {"startup": list(self._startup or []), "rounds": {start: list(c) for start, c in self._configs.items()}}
+
+    @property
+    def group_table(self) -> str:
+        """The groups' text table (divergence next to random grouping's; empty without category counts)."""
+        return self._group_table
 
     def report(self) -> str:
         """The groups (their divergence next to random grouping's) and the start-up depths and rounds."""

@@ -11,7 +11,9 @@ Settings that must match (by their CLI names):
   the LoRA belongs to (the three layout settings only where the algorithm compresses the model);
 * ``model.split.lora_r``, ``lora_alpha``, ``lora_targets``: the LoRA's shapes and scaling;
 * ``federated.algorithm`` (the split's too, linked): what is trained where;
-* ``federated.pre_alignment_rounds``: which epoch is which round in the loop's state and history.
+* ``federated.pre_alignment_rounds``: which epoch is which round in the loop's state and history;
+* ``federated.devices`` (when set): the simulated fleet whose clock the checkpoint continues;
+* the algorithm's own (its ``resume_settings``: e.g. HierFedLoRA's grouping and ``max_intra_rounds``).
 
 The data settings that decide each client's rows (``data.num_clients``, ``partition``,
 ``partition_key``, ``dirichlet_alpha``, ``min_client_size``, ``val_fraction``, ``max_task_examples``,
@@ -73,6 +75,8 @@ def run_settings(split: Any, loop: Any) -> dict[str, Any]:
         "model.split.lora_targets": sorted(split.lora_targets),
     })
     settings.update(loop.algorithm.resume_settings())
+    if getattr(loop, "fleet", None) is not None:  # the simulated clock's profiles (a run without one records none)
+        settings["federated.devices"] = loop.devices
     return settings
 
 

@@ -16,6 +16,11 @@ the :class:`~fedbiot_pl.federation.round.RoundRunner` calls :func:`run_groups` f
 Every byte is counted in the ledger (device <-> edge as the usual ``bytes_down``/``bytes_up``, edge <-> cloud
 in ``cloud_bytes_down``/``cloud_bytes_up``). With a simulated fleet each intra-group round costs the
 slowest member's time, a group its rounds plus its edge <-> cloud transfers, the round its slowest group.
+The clock charges the real downloads (every layer in round 0, more after another group trained deeper);
+the schedule (:func:`~fedbiot_pl.hierarchy.schedule.configure`) plans with the steady state, a download of
+the group's own depth per intra-group round.
+
+Fault injection and every client hook see the clients' round number ``t x K_max + k`` as ``round``.
 """
 
 from __future__ import annotations
@@ -58,12 +63,17 @@ class GroupRound:
 
 @dataclass
 class GroupOutcome:
-    """What a group's rounds left: its state (top ``depth`` layers), its weight and its simulated seconds."""
+    """What a group's rounds left: its state (top ``depth`` layers), its weight and its simulated seconds.
+
+    The weight (examples) and the losses are those of the group's devices accepted in its last intra-group
+    round that accepted any: the devices whose training the group's state ends with.
+    """
 
     group: GroupRound
     state: dict[str, Tensor] = field(default_factory=dict)
     weight: float = 0.0
     seconds: float = 0.0
+    losses: dict[int, float] = field(default_factory=dict)
 
 
 def top_keys(views: Any, depth: int) -> list[str]:
@@ -128,10 +138,9 @@ def _run_group(runner: Any, round_idx: int, attempt: int, group: GroupRound, glo
             for reply in runner.transport.exchange(list(group.members), message.encode(), client_fn):
                 receive(intra, reply, round_idx)
             result.events.extend(intra.events)
-            if intra.uploads:
+            if intra.uploads:  # the group's devices and weight: those of its last round with accepted uploads
                 state = fedavg(intra.uploads, intra.weights)
-                result.losses.update(intra.losses)
-                outcome.weight = float(sum(intra.weights))
+                outcome.losses, outcome.weight = dict(intra.losses), float(sum(intra.weights))
             else:
                 log.warning("round %d: group %d, intra-group round %d: no accepted update; the group keeps its "
                             "LoRA.", round_idx, group.index, k)
@@ -140,6 +149,7 @@ def _run_group(runner: Any, round_idx: int, attempt: int, group: GroupRound, glo
                     group.members, round_idx, down_bytes=payload_bytes(message.tensors),
                     up_bytes=payload_bytes(intra.reference), depth=group.depth)
     outcome.state = state if outcome.weight > 0 else {}
+    result.losses.update(outcome.losses)
     return outcome
 
 

@@ -161,7 +161,7 @@ class RoundRunner:
                 return attempts
             self.algorithm.restore(self.views, result.reference)  # the clients' fits left their LoRA in the views
             log.warning("round %d, attempt %d: %d accepted updates, fewer than min_clients=%d.",
-                        round_idx, attempt + 1, len(result.uploads), settings.min_clients)
+                        round_idx, attempt + 1, len(result.losses), settings.min_clients)
         message = too_few_message(round_idx, attempts, settings.min_clients, settings.on_too_few)
         raise TooFewClientsError(message) from self.clients.last_error
 

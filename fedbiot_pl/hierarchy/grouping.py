@@ -8,7 +8,8 @@ size-weighted KL divergence of each group's smoothed label distribution from the
 :func:`greedy_kl_groups` fills one group at a time with the device that keeps the group closest to the
 fleet (Astraea-like), then improves the result with J-reducing pairwise swaps. :func:`random_groups`
 and :func:`by_speed_groups` are the baselines. Pure numpy; device ids are the row indices ``0..N-1``,
-and every grouping is returned with each group sorted and the groups ordered by their lowest member.
+and every grouping is returned with each group sorted and the groups ordered by their lowest member (with
+given sizes: in the sizes' order; by speed: the slowest group first).
 """
 
 from __future__ import annotations
@@ -222,9 +223,14 @@ def _checked_groups(groups: Sequence[Sequence[int]], num_devices: int) -> list[l
     return [[int(member) for member in group] for group in groups]
 
 
-def _ordered(groups: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Each group sorted ascending; the groups sorted by their lowest member."""
-    return sorted((sorted(int(member) for member in group) for group in groups), key=lambda group: group[0])
+def _ordered(groups: Sequence[Sequence[int]], keep: bool = False) -> list[list[int]]:
+    """Each group sorted ascending; the groups sorted by their lowest member (``keep``: left in their order).
+
+    Groups keep their order when their sizes were given (group ``g`` has ``sizes[g]`` devices, so per-group
+    settings listed in the same order apply to it) and for the speed grouping (slowest group first).
+    """
+    inner = [sorted(int(member) for member in group) for group in groups]
+    return inner if keep else sorted(inner, key=lambda group: group[0])
 
 
 def group_divergence(counts: Any, groups: Sequence[Sequence[int]], eps: float = EPS) -> dict[str, Any]:
@@ -339,7 +345,7 @@ def greedy_kl_groups(
         max_passes: The most swaps applied (>= 0).
 
     Returns:
-        The groups of device ids, each sorted, ordered by their lowest member.
+        The groups of device ids, each sorted, ordered by their lowest member (given ``sizes``: in their order).
 
     Raises:
         ConfigError: Bad counts, group count, sizes, speeds, speed weight or ``max_passes``.
@@ -377,13 +383,13 @@ def greedy_kl_groups(
         groups.append(members)
     if swaps:
         groups = _best_swaps(h, groups, p, max_passes)
-    return _ordered(groups)
+    return _ordered(groups, keep=sizes is not None)
 
 
-def _split(order: Sequence[int], sizes: Sequence[int]) -> list[list[int]]:
-    """Consecutive chunks of ``order`` with the given sizes, in output order."""
+def _split(order: Sequence[int], sizes: Sequence[int], keep: bool) -> list[list[int]]:
+    """Consecutive chunks of ``order`` with the given sizes, in output order (``keep``: see :func:`_ordered`)."""
     bounds = np.cumsum([0, *sizes])
-    return _ordered([list(order[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)])
+    return _ordered([list(order[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)], keep)
 
 
 def random_groups(num_devices: int, num_groups: int, seed: int, sizes: Sequence[int] | None = None) -> list[list[int]]:
@@ -396,13 +402,13 @@ def random_groups(num_devices: int, num_groups: int, seed: int, sizes: Sequence[
         sizes: Optional devices per group.
 
     Returns:
-        The groups of device ids, each sorted, ordered by their lowest member.
+        The groups of device ids, each sorted, ordered by their lowest member (given ``sizes``: in their order).
 
     Raises:
         ConfigError: Every problem :func:`grouping_issues` finds.
     """
     target = group_sizes(num_devices, num_groups, sizes)
-    return _split(np.random.default_rng(seed).permutation(num_devices).tolist(), target)
+    return _split(np.random.default_rng(seed).permutation(num_devices).tolist(), target, keep=sizes is not None)
 
 
 def by_speed_groups(speeds: Any, num_groups: int, sizes: Sequence[int] | None = None) -> list[list[int]]:
@@ -416,7 +422,7 @@ def by_speed_groups(speeds: Any, num_groups: int, sizes: Sequence[int] | None = 
         sizes: Optional devices per group, slowest group first.
 
     Returns:
-        The groups of device ids, each sorted, ordered by their lowest member.
+        The groups of device ids, each sorted, the slowest group first.
 
     Raises:
         ConfigError: Bad speeds, group count or sizes.
@@ -426,7 +432,7 @@ def by_speed_groups(speeds: Any, num_groups: int, sizes: Sequence[int] | None = 
         raise ConfigError(f"speeds of shape {s.shape} are not one speed per device; pass an (N,) array")
     _log_speeds(s, s.size)
     target = group_sizes(s.size, num_groups, sizes)
-    return _split(np.argsort(s, kind="stable").tolist(), target)
+    return _split(np.argsort(s, kind="stable").tolist(), target, keep=True)
 
 
 def random_baseline(
@@ -522,7 +528,7 @@ def _top_labels(group_counts: np.ndarray, labels: Sequence[str], top: int = 2) -
     return ", ".join(f"{labels[c]} {100 * group_counts[c] / total:.0f}%" for c in order if group_counts[c] > 0)
 
 
-def counts_from_table(table: PartitionTable) -> np.ndarray:
+def counts_from_table(table: PartitionTable | None) -> np.ndarray:
     """The ``(N, C)`` training-example counts of a partition report, columns in ``table.values`` order.
 
     Args:
@@ -532,8 +538,12 @@ def counts_from_table(table: PartitionTable) -> np.ndarray:
         An int array, one row per client.
 
     Raises:
-        ConfigError: The partition has no key to count by.
+        ConfigError: The partition has no key to count by, or there is no partition report.
     """
+    if table is None:
+        raise ConfigError("the data has no partition report (per-client category counts) to group by; use a "
+                          "datamodule with one (FederatedInstructionDataModule with data.partition_key) or "
+                          "grouping: random")
     if table.key is None:
         raise ConfigError("the partition has no key values to group by; set data.partition_key (e.g. category) "
                           "or use grouping: random")

@@ -1,7 +1,8 @@
 """Algorithm families as the plan sees them: KD (top-k logits), split learning (activations), else LoRA.
 
-:func:`is_kd` and :func:`is_split` tell an algorithm's family, :func:`kd_names` and :func:`split_names`
-list the registered ones, and :func:`with_split_settings` rebuilds a split algorithm with the command's
+:func:`is_kd` and :func:`is_split` tell an algorithm's family, :func:`is_hier` whether its LoRA rounds run in
+device groups (HierFedLoRA), :func:`kd_names`, :func:`split_names` and :func:`hier_names` list the registered
+ones, and :func:`with_split_settings` rebuilds a split algorithm with the command's
 cut, client top layers and activation dtype.
 """
 
@@ -30,6 +31,17 @@ def is_split(algorithm: Algorithm) -> bool:
 def split_names() -> list[str]:
     """The registered split-learning algorithms."""
     return [name for name, cls in ALGORITHMS.items() if getattr(cls, "family", "params") == "split"]
+
+
+def is_hier(algorithm: Algorithm) -> bool:
+    """Whether ``algorithm`` runs its rounds in device groups (it overrides :meth:`Algorithm.groups`: HierFedLoRA)."""
+    return getattr(type(algorithm), "groups", Algorithm.groups) is not Algorithm.groups
+
+
+def hier_names() -> list[str]:
+    """The registered hierarchical (grouped) algorithms."""
+    return [name for name, cls in ALGORITHMS.items()
+            if getattr(cls, "groups", Algorithm.groups) is not Algorithm.groups]
 
 
 def with_split_settings(algorithm: Algorithm, cut_layer: int | None = None, client_top_layers: int | None = None,

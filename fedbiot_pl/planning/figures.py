@@ -3,7 +3,8 @@
 :func:`plan` builds the full model on the meta device, splits and LoRA-injects it with
 :class:`~fedbiot_pl.model.views.ModelViews` exactly as in training, and counts: parameters held and
 trained, the bytes a round moves (:mod:`fedbiot_pl.planning.traffic`), a client's peak memory
-(:mod:`fedbiot_pl.scaling.memory`) and FLOPs per token (:mod:`fedbiot_pl.scaling.flops`).
+(:mod:`fedbiot_pl.scaling.memory`) and FLOPs per token (:mod:`fedbiot_pl.scaling.flops`); for HierFedLoRA
+also the per-depth costs and the grouped round (:mod:`fedbiot_pl.planning.hierarchy`).
 :func:`compare` plans every algorithm with the same settings.
 """
 
@@ -22,7 +23,19 @@ from torch import nn
 from fedbiot_pl.algorithms import ALGORITHMS, Algorithm, resolve_algorithm
 from fedbiot_pl.model.location import load_model_config
 from fedbiot_pl.model.views import DTYPES, ModelViews
-from fedbiot_pl.planning.families import is_kd, is_split, with_split_settings
+from fedbiot_pl.planning.families import is_hier, is_kd, is_split, with_split_settings
+from fedbiot_pl.planning.hierarchy import (
+    HIER_FORMULA,
+    HierRequest,
+    check_depths,
+    consecutive,
+    depth_rows,
+    flat_traffic,
+    fleet_times,
+    hier_traffic,
+    planned_schedule,
+    table_depths,
+)
 from fedbiot_pl.planning.traffic import (
     KD_FORMULA,
     LORA_BYTES,
@@ -158,11 +171,92 @@ def _split_figures(result: dict[str, Any], algorithm: Algorithm, views: ModelVie
     })
 
 
+def _hier_figures(algorithm: Algorithm, views: ModelViews, config: Any, base: int, dtype: str,
+                  micro_batch_tokens: int, seq_len: int, request: HierRequest, model: str) -> dict[str, Any]:
+    """HierFedLoRA's ``hier`` block: per-depth costs, the groups (explicit or the run's), both levels' traffic.
+
+    The costs are :func:`~fedbiot_pl.hierarchy.costs.depth_costs` of the model as built (its base parameters,
+    dtype, LoRA rank and targets), at ``micro_batch_tokens`` a micro-batch and ``x request.accumulate`` a step,
+    as the run's simulated fleet has them.
+    """
+    from fedbiot_pl.algorithms.base import RunSettings
+    from fedbiot_pl.hierarchy.costs import depth_costs
+
+    layers = views.num_layers
+    costs = depth_costs(decoder_shape(config), layers, seq_len, micro_batch_tokens * request.accumulate,
+                        micro_batch_tokens, views.lora_r, sorted(views.lora_targets), base, DTYPES[dtype].itemsize)
+    block: dict[str, Any] = {
+        "num_layers": layers, "lora_params_per_layer": costs.lora_bytes_per_layer // LORA_BYTES,
+        "layer_bytes": costs.lora_bytes_per_layer, "micro_batch_tokens": micro_batch_tokens,
+        "tokens_per_step": costs.tokens_per_step, "seq_len": seq_len, "local_steps": request.local_steps,
+        "formula": HIER_FORMULA, "source": None, "groups": None,
+    }
+    schedule: dict[str, Any] = {}
+    if request.config_mode:
+        if request.depths:
+            check_depths(request.depths, layers, request.depths_flag, model)
+        issues = algorithm.check(RunSettings(num_clients=request.num_clients, num_layers=layers,
+                                             simulated=request.fleet is not None))
+        if issues:
+            given = f" (settings given by {', '.join(request.overridden)})" if request.overridden else ""
+            raise ValueError(" ".join(issues) + given)
+        schedule = planned_schedule(algorithm, costs, request)
+        members = schedule["members"]
+        depths = [c["depth"] for c in schedule["startup"]]
+        rounds = [c["intra_rounds"] for c in schedule["startup"]]
+        block["source"] = "config"
+    elif request.sizes is not None:
+        members = consecutive(request.sizes)
+        depths = request.depths or [layers] * len(members)
+        rounds = request.intra_rounds or [1] * len(members)
+        check_depths(depths, layers, request.depths_flag, model)
+        block["source"] = "flags"
+    in_use = sorted(set(depths)) if block["source"] else []
+    block["depth_table"] = depth_rows(costs, table_depths(layers, in_use))
+    devices = request.num_clients if request.config_mode else sum(request.sizes or [1])
+    block["flat"] = {**flat_traffic(costs.lora_bytes_per_layer, layers, devices),
+                     "peak_memory_bytes": costs.memory(layers)}
+    if block["source"] is None:
+        return block
+    sizes = [len(m) for m in members]
+    block["traffic"] = hier_traffic(costs.lora_bytes_per_layer, depths, sizes, rounds, num_layers=layers)
+    timing = fleet_times(request.fleet, costs, members, depths, rounds, request.local_steps) if request.fleet else None
+    divergence = schedule.get("divergence") or {}
+    groups = []
+    for g, (group, d, k) in enumerate(zip(members, depths, rounds, strict=True)):
+        row: dict[str, Any] = {"group": g, "members": group, "size": len(group), "depth": d, "intra_rounds": k,
+                               "peak_memory_bytes": costs.memory(d)}
+        if divergence:
+            row.update(examples=divergence["examples"][g], kl=divergence["kl"][g], tv=divergence["tv"][g])
+        if timing is not None:
+            row.update(timing[g])
+        groups.append(row)
+    block["groups"] = groups
+    if divergence:
+        block["divergence"] = {k: divergence[k] for k in ("divergence", "max_kl", "random") if k in divergence}
+        block["grouping"] = algorithm.grouping
+        block["group_table"] = schedule["group_table"]
+        block["counts_before_truncation"] = True
+    if request.config_mode:
+        block.update(round0=schedule["round0"], budget_seconds=schedule["budget_seconds"],
+                     num_clients=request.num_clients, seed=request.seed, clients_per_round=request.clients_per_round,
+                     settings={k: getattr(algorithm, k) for k in (
+                         "num_groups", "grouping", "group_sizes", "depth", "intra_rounds", "min_depth",
+                         "base_intra_rounds", "max_intra_rounds", "budget_seconds", "budget_factor", "priority",
+                         "objective", "reconfigure_every")})
+    if request.fleet is not None:
+        block["fleet"] = {"source": request.fleet_source, "jitter": request.fleet.jitter,
+                          "latency_s": request.fleet.latency_s, "edge_cloud_mbps": request.fleet.edge_cloud_mbps,
+                          "edge_latency_s": request.fleet.edge_latency_s, "tiers": request.fleet.table()}
+        block["round_seconds"] = max(row["seconds"] for row in groups)
+    return block
+
+
 def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str | Algorithm = "fedbiot",
          micro_batch_tokens: int = 4000, top_k: int | None = None, public_examples: int | None = None,
          seq_len: int = SEQ_LEN, cut_layer: int | None = None, client_top_layers: int | None = None,
          activation_dtype: str | None = None, batch_size: int = BATCH_SIZE, micro_batches: int = MICRO_BATCHES,
-         **split_kwargs: Any) -> dict[str, Any]:
+         hier: HierRequest | None = None, **split_kwargs: Any) -> dict[str, Any]:
     """Split ``model`` on the meta device and return every planning figure as a JSON-able dict.
 
     Args:
@@ -184,6 +278,8 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
             default the algorithm's, else ``dtype``.
         batch_size: split algorithms only: examples per micro-batch.
         micro_batches: split algorithms only: micro-batches per client and round (local steps x accumulation).
+        hier: HierFedLoRA only (others ignore it): explicit groups, or a run's partition, fleet and settings
+            (:class:`~fedbiot_pl.planning.hierarchy.HierRequest`); default none: the per-depth table only.
         **split_kwargs: :class:`ModelViews` split/LoRA arguments (see :data:`SPLIT_KEYS`).
 
     A KD algorithm (``family == "kd"``) moves top-k logits instead of LoRA: its
@@ -194,6 +290,9 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
     settings, layers, terms and formula, ``params.compressed`` is what the client holds and
     ``server_compute_per_client`` the server's FLOPs per token of a client's tokens. ``client_compute``
     (every algorithm) is a client training step's model FLOPs per token (:mod:`fedbiot_pl.scaling.flops`).
+    A hierarchical algorithm (HierFedLoRA) gains a ``hier`` block (:func:`_hier_figures`): the per-depth
+    costs, its groups with their depth and intra-group rounds, and a round's traffic device <-> edge and
+    edge <-> cloud; its top-level figures are one device at full depth (``d = L``, ``K = 1``), FedAvg-LoRA's.
 
     Raises:
         ValueError: an impossible split, LoRA, KD, split-learning setting or client count, naming the value.
@@ -276,6 +375,9 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
                                          "public_tokens_per_round": kd["tokens_upper_bound"]})
     if is_split(algorithm):
         _split_figures(result, algorithm, split, config, clients, seq_len, batch_size, micro_batches)
+    if is_hier(algorithm):
+        result["hier"] = _hier_figures(algorithm, split, config, base, dtype, micro_batch_tokens, seq_len,
+                                       hier or HierRequest(), model)
     return result
 
 

@@ -1,8 +1,9 @@
 """The human-readable output of ``fedbiot-plan``: one plan's report and the ``--compare`` table.
 
 :func:`render` writes a :func:`~fedbiot_pl.planning.figures.plan` dict as a report, :func:`render_comparison`
-a list of them as a markdown table with footers on the FLOPs, KD and split rows; :func:`size` and
-:func:`flops` format bytes and FLOPs.
+a list of them as a markdown table with footers on the FLOPs, KD, split and hierarchical rows; a plan with a
+``hier`` block (HierFedLoRA) is rendered by :func:`render_hier`; :func:`size` and :func:`flops` format bytes
+and FLOPs.
 """
 
 from __future__ import annotations
@@ -122,8 +123,165 @@ def _compute_lines(p: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _unit(num_bytes: float) -> str:
+    """Bytes in the largest binary unit below them, one decimal: ``2.0 MiB``, ``7.0 KiB``, ``512 B``."""
+    for scale, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.1f} {unit}"
+    return f"{num_bytes:,.0f} B"
+
+
+def _memory(num_bytes: float) -> str:
+    """A memory size with two decimals: ``15.35 GiB`` (MiB below 1 GiB)."""
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.2f} MiB"
+
+
+def _joined(values: list[Any]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _group_table(h: dict[str, Any]) -> list[str]:
+    """One line per group: members, examples and KL (a run's), depth, rounds, peak memory, times (a fleet's)."""
+    groups = h["groups"]
+    header = ["group", "devices", "members"]
+    divergence, timed = "kl" in groups[0], "seconds" in groups[0]
+    if divergence:
+        header += ["examples", "KL", "TV"]
+    if timed:
+        header += ["slowest tier", "smallest memory"]
+    header += ["depth", "intra rounds", "est. peak"]
+    if timed:
+        header += ["u_g s", "T_g s"]
+    rows = []
+    for g in groups:
+        members = _layers(g["members"]).replace(" ", "")
+        row = [str(g["group"]), str(g["size"]), members]
+        if divergence:
+            row += [f"{g['examples']:,}", f"{g['kl']:.4f}", f"{g['tv']:.4f}"]
+        if timed:
+            row += [g["slowest_tier"] or "-", _memory(g["min_memory_bytes"])]
+        row += [str(g["depth"]), str(g["intra_rounds"]),
+                _memory(g["peak_memory_bytes"]) + ("" if g.get("fits_memory", True) else " (too much)")]
+        if timed:
+            row += [f"{g['u_seconds']:.4g}", f"{g['seconds']:.4g}"]
+        rows.append(row)
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return ["  " + "  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)) for line in [header, *rows]]
+
+
+def _traffic_lines(t: dict[str, Any]) -> list[str]:
+    """A round's bytes device <-> edge and edge <-> cloud."""
+    de, ec = t["device_edge"], t["edge_cloud"]
+    return [f"  device<->edge {size(de['total_bytes'])}: down {size(de['download_bytes'])}, "
+            f"up {size(de['upload_bytes'])}",
+            f"  edge<->cloud  {size(ec['total_bytes'])}: up {size(ec['upload_bytes'])}, "
+            f"down {size(ec['download_bytes'])}"]
+
+
+def _schedule_lines(h: dict[str, Any]) -> list[str]:
+    """How the groups were made and chosen, and their divergence, budget and round time."""
+    groups = h["groups"]
+    sizes, depths, rounds = ([g[k] for g in groups] for k in ("size", "depth", "intra_rounds"))
+    lines = []
+    if h["source"] == "flags":
+        lines.append(f"{len(groups)} group{'s' * (len(groups) != 1)} ({_joined(sizes)}; consecutive device ids), "
+                     f"depths {_joined(depths)}, intra-group rounds {_joined(rounds)} (tau local steps each)")
+    else:
+        st = h["settings"]
+        lines.append(f"{len(groups)} groups of the {h['num_clients']} clients ({st['grouping']}, seed {h['seed']}; "
+                     f"depth {st['depth']!r}, intra_rounds {st['intra_rounds']!r}, priority {st['priority']}, "
+                     f"objective {st['objective']})")
+        if "divergence" in h:
+            lines.append("  examples and KL from the data's key counts before truncation drops (the run counts them "
+                         "after dropping the examples whose response max_length cuts away)")
+        if h.get("fleet") and "auto" in (st["depth"], st["intra_rounds"]):
+            lines.append("  depth and intra rounds chosen ('auto') on the fleet's un-jittered profiles (the run's "
+                         "start-up schedule, its algorithm.txt)")
+        lines.append(f"  depths {_joined(depths)}, intra-group rounds {_joined(rounds)} (tau = "
+                     f"{h['local_steps']} local steps each)")
+    lines += _group_table(h)
+    d = h.get("divergence")
+    if d:
+        line = f"  size-weighted KL J = {d['divergence']:.4f} (max group KL {d['max_kl']:.4f})"
+        if "random" in d:
+            r = d["random"]
+            line += f"; random grouping ({r['draws']} seeded draws): mean {r['mean']:.4f}, min {r['min']:.4f}"
+        lines.append(line)
+    fleet = h.get("fleet")
+    if fleet:
+        tiers = ", ".join(f"{t['tier']} {t['devices']} x ({t['tflops']:g} TFLOP/s, {t['mem_gib']:g} GiB, "
+                          f"{t['up_mbps']:g}/{t['down_mbps']:g} Mbps up/down)" for t in fleet["tiers"])
+        lines.append(f"  fleet {fleet['source']}: {tiers}; latency {fleet['latency_s']:g} s, edge<->cloud "
+                     f"{fleet['edge_cloud_mbps']:g} Mbps (simulated times, ASSUMED profiles)")
+        if h.get("budget_seconds") is not None:
+            over = h["round_seconds"] > h["budget_seconds"] * (1 + 1e-9)
+            lines.append(f"  round budget T* = {h['budget_seconds']:.4g} s; round time (slowest group) "
+                         f"{h['round_seconds']:.4g} s" + (" (over the budget: a fixed depth and intra rounds are "
+                                                           "taken as given)" if over else ""))
+        else:
+            lines.append(f"  round time (slowest group) {h['round_seconds']:.4g} s")
+    if h.get("round0"):
+        r0 = h["round0"]
+        depths0, rounds0 = [c["depth"] for c in r0], [c["intra_rounds"] for c in r0]
+        same = depths0 == depths and rounds0 == rounds
+        lines.append(f"  round 0 on its jittered profiles (jitter {fleet['jitter']:g}): depths "
+                     f"{_joined(depths0)}, intra-group rounds {_joined(rounds0)}"
+                     f" ({'the same' if same else 'differs from the start-up schedule'}; re-chosen every "
+                     f"{h['settings']['reconfigure_every']} round(s))")
+    per_round = h.get("clients_per_round")
+    if per_round is not None and h.get("num_clients") is not None and per_round < h["num_clients"]:
+        lines.append(f"  planned with every device taking part; federated.clients_per_round samples {per_round} of "
+                     f"{h['num_clients']}, and a sampled round moves less")
+    return lines
+
+
+def render_hier(p: dict[str, Any]) -> str:
+    """A HierFedLoRA plan's report: per-depth costs, the groups, a round's traffic at both levels, FedAvg-LoRA's."""
+    m, s, h, par = p["model"], p["split"], p["hier"], p["params"]
+    in_use: dict[int, list[str]] = {}
+    for g in h["groups"] or []:
+        in_use.setdefault(g["depth"], []).append(str(g["group"]))
+    lines = [
+        f"{p['algorithm']} plan for {m['name']} ({m['class']}, {m['num_layers']} decoder layers, {m['dtype']})",
+        (f"LoRA r={s['lora_r']} alpha={s['lora_alpha']} on {', '.join(s['lora_targets'])}: "
+         f"{h['lora_params_per_layer']:,} params = {h['layer_bytes']:,} B (fp32) per layer; every client holds the "
+         f"full model ({par['full']:,} params, a one-time download of {size(p['one_time']['compressed_base_bytes'])})"),
+        (f"depth  LoRA params  message      FLOPs/token vs full  est. client peak ({h['micro_batch_tokens']:,} tok)"
+         + ("  groups" if in_use else "")),
+    ]
+    for row in h["depth_table"]:
+        used = in_use.get(row["depth"])
+        lines.append((f"{row['depth']:>5}  {row['lora_params']:>11,}  {_unit(row['message_bytes']):>9}    "
+                      f"{row['flops_vs_full']:<20.3f} {_memory(row['peak_memory_bytes']):<28}"
+                      + (f"  {','.join(used)}" if used else "")).rstrip())
+    lines.append(f"FLOPs/token at T={h['seq_len']:,}: forward through all {h['num_layers']} layers, backward through "
+                 f"the top d; peak memory: weights + LoRA state and activations of d layers")
+    flat = h["flat"]
+    if h["groups"] is None:
+        lines += [
+            "groups: give --group-sizes (or --groups with --clients), --depths and --intra-rounds, or a run's --config "
+            "(depth and intra_rounds 'auto' are chosen from its data and device fleet)",
+            (f"fedavg_lora for comparison: every device all {h['num_layers']} layers once each way, "
+             f"{size(flat['download_bytes'])} down and up per device and round"),
+        ]
+        return "\n".join(lines)
+    t = h["traffic"]
+    lines += _schedule_lines(h)
+    lines.append(f"per global round (steady state: each group first fetches the top max(c, d_g) layers, c = "
+                 f"{t['changed_depth']} changed in the last round; LoRA as float32)")
+    lines += _traffic_lines(t)
+    lines.append(f"first round (every device fetches all {h['num_layers']} layers once):")
+    lines += _traffic_lines(t["first_round"])
+    lines.append(f"device local steps per global round: {t['device_rounds']:,} x tau   (fedavg_lora, "
+                 f"{flat['clients']:,} clients: {flat['device_rounds']:,} x tau, {size(flat['total_bytes'])}, "
+                 f"est. client peak {_memory(flat['peak_memory_bytes'])})")
+    return "\n".join(lines)
+
+
 def render(p: dict[str, Any]) -> str:
-    """The human-readable report of a :func:`plan` dict."""
+    """The human-readable report of a :func:`plan` dict (:func:`render_hier` for a HierFedLoRA plan)."""
+    if "hier" in p:
+        return render_hier(p)
     m, s, lay, par = p["model"], p["split"], p["layers"], p["params"]
     kept, span = lay["emulator"], m["num_layers"] - len(lay["adapter"])
     mem = p["client_peak_memory"]
@@ -250,4 +408,10 @@ def render_comparison(plans: list[dict[str, Any]]) -> str:
         )
     if split_rows:
         rows.append(_split_footer(split_rows, full))
+    hier_rows = [p["algorithm"] for p in plans if "hier" in p]
+    if hier_rows:
+        rows.append(f"Hierarchical ({', '.join(hier_rows)}): the row is one group of every client at full depth "
+                    "(d = L, K = 1), FedAvg-LoRA's figures; for its groups' depths, intra-group rounds and a round's "
+                    "traffic device<->edge and edge<->cloud plan it alone (--algorithm hierfedlora --group-sizes ... "
+                    "--depths ... --intra-rounds ..., or a run's --config).")
     return "\n".join(rows)
