@@ -57,11 +57,13 @@ class TimeToTarget(Callback):
         # after those callbacks, whatever order the user listed them in.
         from fedbiot_pl.callbacks.periodic_evaluation import PeriodicEvaluation
 
-        callbacks = trainer.callbacks
+        callbacks = list(trainer.callbacks)
         writers = [i for i, cb in enumerate(callbacks) if isinstance(cb, FederatedLoop | PeriodicEvaluation)]
         if writers and callbacks.index(self) < writers[-1]:
             callbacks.remove(self)
             callbacks.insert(writers[-1], self)  # the last writer moved up by one: this lands right after it
+            # A new list: the set-up hooks still run over the old one, every later hook over this order.
+            trainer.callbacks = callbacks
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -296,7 +296,8 @@ def test_replicate_small_tiny_run(tmp_path, monkeypatch):
 
 def test_every_script_has_a_smoke_test():
     tested = {"round_overhead", "generation_throughput", "tokenize_gsm8k", "humaneval_sandbox", "gpu_round",
-              "compare_algorithms", "replicate_small", "kd_loss", "kd_heterogeneous", "compare_frameworks"}
+              "compare_algorithms", "replicate_small", "kd_loss", "kd_heterogeneous", "compare_frameworks",
+              "hierfedlora"}
     assert {p.stem for p in (ROOT / "benchmarks").glob("*.py")} == tested
 
 
@@ -386,3 +387,70 @@ def test_compare_frameworks_one_quick_split_sweep(tmp_path, monkeypatch):
     again = json.loads((out / "results.json").read_text())
     assert [(r["name"], r["wall_s"], r["bytes_per_round"]) for r in again] == [
         (r["name"], r["wall_s"], r["bytes_per_round"]) for r in rows]
+
+
+# ------------------------------------------------------------------------------ hierfedlora.py
+def test_hierfedlora_fleet_keeps_the_reference_proportions():
+    """The scaled fleet: every tier's step over message seconds as for LLaMA-2-7B; memory tiers nest."""
+    from fedbiot_pl.hierarchy.fleet import load_fleet
+    from fedbiot_pl.hierarchy.schedule import feasible_depths
+
+    bench = load_script("hierfedlora")
+    small = bench.model_costs("embedded:models/stories260K", 256, 4 * 256, 4 * 256)
+    ref = bench.model_costs(str(ROOT / "configs" / "models" / "llama2-7b"), 800, 8000, 4000, dtype_bytes=2)
+    reference = load_fleet(None)
+    fleet, derivation = bench.scaled_fleet(reference, small, ref, num_devices=8)
+    assert (small.num_layers, ref.num_layers, fleet.num_devices) == (5, 32, 8)
+    assert (fleet.seed, fleet.jitter, fleet.latency_s, fleet.edge_latency_s) == (
+        reference.seed, reference.jitter, reference.latency_s, reference.edge_latency_s)
+    assert [(t.name, t.share) for t in fleet.tiers] == [(t.name, t.share) for t in reference.tiers]
+    assert derivation["compute_factor"] == pytest.approx(small.step_flops(5) / ref.step_flops(32), rel=1e-12)
+    for scaled, original in zip(fleet.tiers, reference.tiers, strict=True):
+        p, q = scaled.profile(), original.profile()
+        step, step_ref = small.step_flops(5) / p.flops_per_s, ref.step_flops(32) / q.flops_per_s
+        for bandwidth, bandwidth_ref in ((p.up_Bps, q.up_Bps), (p.down_Bps, q.down_Bps)):
+            message, message_ref = small.message_bytes(5) / bandwidth, ref.message_bytes(32) / bandwidth_ref
+            assert step / message == pytest.approx(step_ref / message_ref, rel=1e-9)
+        assert step / (small.message_bytes(5) / fleet.edge_Bps) == pytest.approx(
+            step_ref / (ref.message_bytes(32) / reference.edge_Bps), rel=1e-9)
+    # memory: 16 / 24 / 32 GiB hold LLaMA-2-7B depths 1..5, 1..22, 1..32 -> stories260K depths 1..1, 1..3, 1..5
+    held = [feasible_depths([t.profile()], small) for t in fleet.tiers]
+    held_ref = [feasible_depths([t.profile()], ref) for t in reference.tiers]
+    assert [d[-1] for d in held_ref] == [5, 22, 32] and held == [[1], [1, 2, 3], [1, 2, 3, 4, 5]]
+    assert all(set(a) <= set(b) for a, b in zip(held, held[1:], strict=False))  # nested: more memory, deeper
+    assert [r["depth"] for r in derivation["tiers"]] == [1, 3, 5]
+    assert load_fleet(fleet.to_dict()) == fleet
+
+
+def test_hierfedlora_one_quick_run_of_two_variants(tmp_path, monkeypatch):
+    """Two ``train.py fit`` processes (HierFedLoRA and flat FedAvg-LoRA), 8 clients, one round of one step."""
+    from fedbiot_pl.hierarchy.fleet import load_fleet
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    bench = load_script("hierfedlora")
+    out = tmp_path / "hier"
+    quick = ["--federated.local_steps=1", "--data.dirichlet_alpha=1.0", f"--data.cache_dir={tmp_path / 'datasets'}"]
+    argv = ["--clients", "8", "--groups", "2", "--rounds", "1", "--variants", "hierfedlora", "fedavg_lora",
+            "--data", "embedded:data/dolly/dolly_sample.jsonl", "--out", str(out)]
+    assert bench.main([*argv, *(f"--fit-arg={arg}" for arg in quick)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["variant"]: row for row in results["rows"]}
+    assert sorted(rows) == ["fedavg_lora", "hierfedlora"]
+    for row in rows.values():
+        assert finite_positive(row["final_loss"]) and finite_positive(row["sim_seconds"])
+        assert finite_positive(row["total_bytes"]) and len(row["rounds"]) == 1
+        assert row["tta_s"] == row["sim_seconds"]  # the target is the worst final loss: every variant reaches it
+    assert results["target"] == max(row["final_loss"] for row in rows.values())
+    hier, flat = rows["hierfedlora"], rows["fedavg_lora"]
+    assert hier["cloud_total_bytes"] > 0 and flat["cloud_total_bytes"] == 0
+    assert len(hier["depths_round0"]) == 2 and hier["grouping"]["J"] >= 0 and len(hier["grouping"]["groups"]) == 2
+    assert flat["speedup"] == 1.0 and flat["grouping"] == {}
+    fleet = load_fleet(out / "fleet.yaml")
+    assert fleet.num_devices == 8 and [t.name for t in fleet.tiers] == ["small", "medium", "large"]
+    assert "| hierfedlora |" in (out / "table.md").read_text()
+    assert (out / "hierfedlora.png").stat().st_size > 0
+    # --reuse: the runs are read again, none is trained
+    assert bench.main([*argv, "--reuse"]) == 0
+    again = {row["variant"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert {k: (r["wall_s"], r["final_loss"]) for k, r in again.items()} == {
+        k: (r["wall_s"], r["final_loss"]) for k, r in rows.items()}

@@ -320,3 +320,15 @@ def test_module_help_runs() -> None:
     done = subprocess.run([sys.executable, "-m", "fedbiot_pl.grouping", "--help"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0 and "--counts" in done.stdout and done.stderr == ""
+
+
+def test_swaps_keep_a_speed_grouping() -> None:
+    # slow devices 0-3 hold A,A,A,B; fast devices 4-7 hold A,B,B,B: by speed, J > 0, and a label-only swap
+    # (a slow A for a fast B) would lower it by mixing speeds
+    counts = np.array([[10, 0]] * 3 + [[0, 10]] + [[10, 0]] + [[0, 10]] * 3)
+    speeds = [1.0] * 4 + [4.0] * 4
+    by_speed = greedy_kl_groups(counts, 2, speeds=speeds, speed_weight=10.0)
+    assert by_speed == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert divergence(counts, by_speed) > 0.1
+    mixed = greedy_kl_groups(counts, 2, speeds=speeds, speed_weight=0.0)
+    assert divergence(counts, mixed) < 1e-6 and mixed != by_speed

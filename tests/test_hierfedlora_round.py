@@ -386,3 +386,4 @@ def test_time_to_target_reads_the_round_metrics_whatever_the_callback_order(tmp_
     trainer = server_trainer(tmp_path, reached, callbacks=[loop])  # TimeToTarget listed first
     trainer.fit(module, datamodule=grouped_data())
     assert reached.round == 0 and reached.seconds == loop.history[0]["sim/seconds"]
+    assert len(loop.history) == 2 and trainer.current_epoch == 2  # every callback's set-up ran (rounds = 2)

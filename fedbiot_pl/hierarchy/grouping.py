@@ -284,8 +284,12 @@ def _weighted_kl(sums: np.ndarray, p: np.ndarray, total: float) -> np.ndarray:
         sums.shape[:-1])
 
 
-def _best_swaps(h: np.ndarray, groups: list[list[int]], p: np.ndarray, max_passes: int) -> list[list[int]]:
-    """Apply the single best J-reducing swap between two groups, repeatedly, for at most ``max_passes``."""
+def _best_swaps(h: np.ndarray, groups: list[list[int]], p: np.ndarray, max_passes: int,
+                log_speed: np.ndarray | None = None) -> list[list[int]]:
+    """Apply the single best J-reducing swap between two groups, repeatedly, for at most ``max_passes``.
+
+    With ``log_speed`` only devices of the same speed swap, so the swaps keep the groups' speed mix.
+    """
     total = float(h.sum())
     sums = [h[group].sum(axis=0) for group in groups]
     terms = [float(_weighted_kl(s, p, total)) for s in sums]
@@ -297,6 +301,9 @@ def _best_swaps(h: np.ndarray, groups: list[list[int]], p: np.ndarray, max_passe
                 moved = h[groups[b]][None, :, :] - h[groups[a]][:, None, :]
                 delta = (_weighted_kl(sums[a] + moved, p, total) + _weighted_kl(sums[b] - moved, p, total)
                          - terms[a] - terms[b])
+                if log_speed is not None:
+                    same = np.abs(log_speed[groups[a]][:, None] - log_speed[groups[b]][None, :]) <= _TIE
+                    delta = np.where(same, delta, np.inf)
                 i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
                 if delta[i, j] < -_TIE and (best is None or delta[i, j] < best[0]):
                     best = (float(delta[i, j]), a, b, int(i), int(j))
@@ -328,8 +335,8 @@ def greedy_kl_groups(
     speed term is 0 for an empty group or without speeds). Ties (within 1e-12) go to the device with
     more examples, then by a random permutation of the ids seeded by ``seed``. Then, if ``swaps``, the
     single best pairwise swap between two groups that lowers J (of :func:`group_divergence`) by more than
-    1e-12 is applied, repeatedly, until none does or after ``max_passes`` swaps. The swaps look at J only,
-    not at speeds.
+    1e-12 is applied, repeatedly, until none does or after ``max_passes`` swaps. With ``speed_weight > 0``
+    only devices of the same speed swap, so the swaps lower J without undoing the speed grouping.
 
     Filling one group at a time matters: with labels A, A, B, B and two groups it yields {A, B}, {A, B},
     where "best group per device in turn" can tie-break into {A, A}, {B, B}.
@@ -382,7 +389,7 @@ def greedy_kl_groups(
             free[pick] = False
         groups.append(members)
     if swaps:
-        groups = _best_swaps(h, groups, p, max_passes)
+        groups = _best_swaps(h, groups, p, max_passes, log_speed if speed_weight > 0 else None)
     return _ordered(groups, keep=sizes is not None)
 
 

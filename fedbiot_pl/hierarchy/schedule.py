@@ -154,6 +154,8 @@ def _raise(issues: list[str], what: str) -> None:
 
 def _span(depths: Sequence[int]) -> str:
     values = sorted(depths)
+    if len(values) == 1:
+        return f"[{values[0]}]"
     if values == list(range(values[0], values[-1] + 1)):
         return f"[{values[0]}, {values[-1]}]"
     return "{" + ", ".join(map(str, values)) + "}"
@@ -254,8 +256,8 @@ def _settings_issues(groups: list[list[DeviceProfile]], costs: DepthCosts, setti
 def _memory_issue(members: Sequence[DeviceProfile], costs: DepthCosts, depth: int) -> str:
     weakest = min(members, key=lambda p: p.memory_bytes)
     tier = f" ({weakest.tier})" if weakest.tier else ""
-    return (f"its smallest member{tier} has {weakest.memory_bytes / GIB:.2f} GiB but depth {depth} needs an estimated "
-            f"{costs.memory(depth) / GIB:.2f} GiB; devices whose memory cannot hold a depth never get it")
+    return (f"its smallest member{tier} has {weakest.memory_bytes / GIB:.4g} GiB but depth {depth} needs an estimated "
+            f"{costs.memory(depth) / GIB:.4g} GiB; devices whose memory cannot hold a depth never get it")
 
 
 def _depth_issues(groups: list[list[DeviceProfile]], costs: DepthCosts, feasible: list[list[int]], min_depth: int,
