@@ -256,8 +256,13 @@ def _settings_issues(groups: list[list[DeviceProfile]], costs: DepthCosts, setti
 def _memory_issue(members: Sequence[DeviceProfile], costs: DepthCosts, depth: int) -> str:
     weakest = min(members, key=lambda p: p.memory_bytes)
     tier = f" ({weakest.tier})" if weakest.tier else ""
-    return (f"its smallest member{tier} has {weakest.memory_bytes / GIB:.4g} GiB but depth {depth} needs an estimated "
-            f"{costs.memory(depth) / GIB:.4g} GiB; devices whose memory cannot hold a depth never get it")
+    return (f"its smallest member{tier} has {_size(weakest.memory_bytes)} but depth {depth} needs an estimated "
+            f"{_size(costs.memory(depth))}; devices whose memory cannot hold a depth never get it")
+
+
+def _size(num_bytes: float) -> str:
+    """``25.00 GiB``, or ``10.68 MiB`` below a GiB (the small models' fleets)."""
+    return f"{num_bytes / GIB:.2f} GiB" if num_bytes >= GIB else f"{num_bytes / 2**20:.2f} MiB"
 
 
 def _depth_issues(groups: list[list[DeviceProfile]], costs: DepthCosts, feasible: list[list[int]], min_depth: int,
