@@ -289,7 +289,11 @@ class HierFedLoRA(FedAvgLoRA):
         if fleet is None:  # both fixed (check() refused auto without a fleet)
             return [GroupConfig(d, k, 0.0) for d, k in zip(depths, rounds, strict=True)]
         if self._startup is None:  # on the profiles without jitter: an impossible setting fails before training
-            self._startup = self._configure(fleet, None, depths, rounds)
+            try:
+                self._startup = self._configure(fleet, None, depths, rounds)
+            except ScheduleError as error:
+                raise ScheduleError(f"hierfedlora (federated.algorithm.init_args, on federated.devices): "
+                                    f"{error}") from None
         start = round_idx - round_idx % self.reconfigure_every
         if start not in self._configs:
             try:

@@ -113,7 +113,7 @@ def fleet_setting(devices: Any, algorithm: Any) -> tuple[Fleet | None, list[str]
         if devices == "default":
             fleet = replace(fleet, num_devices=None)
     except ConfigError as error:
-        return None, issues + [f"devices: {error}"]
+        return None, issues + [f"federated.devices: {error}"]
     return fleet, issues
 
 
