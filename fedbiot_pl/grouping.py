@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -210,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"{_PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(output)
+    try:
+        print(output)
+    except BrokenPipeError:  # the reader closed early (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
