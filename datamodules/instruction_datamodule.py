@@ -203,15 +203,8 @@ class FederatedInstructionDataModule(LightningDataModule):
             return
         if self._clients is not None:
             return
-        task_rows, task_spec = self._load(self.task, self.max_task_examples)
+        task_rows, task_spec, key, keys, shards = self._task_shards()
         public_rows, public_spec = self._load(self.public, self.max_public_examples)
-        key, keys = keys_for_partition(self.task, task_rows, task_spec, self.partition, self.partition_key)
-        task_rows, keys = exclude_rows(task_rows, key, keys, list(self.exclude_keys or ()), self.task.describe(),
-                                       truncated=self.max_task_examples is not None)
-        shards = client_shards(
-            len(task_rows), keys, self.partition, self._num_clients, self.dirichlet_alpha, self.min_client_size,
-            self.val_fraction, self.seed, f"{self.task.describe()} (partition={self.partition!r})",
-        )
 
         tokenizer = ensure_pad_token(self._load_tokenizer())
         tokenizer_hash = tokenizer_fingerprint(tokenizer)
@@ -261,6 +254,12 @@ class FederatedInstructionDataModule(LightningDataModule):
             FileNotFoundError: The task file does not exist.
             ValueError: A data or partition problem, as :meth:`setup` raises it.
         """
+        _, _, key, keys, shards = self._task_shards()
+        train_keys = [[keys[i] for i in rows] if keys is not None else [""] * len(rows) for rows, _ in shards]
+        return partition_table(train_keys, [len(rows) for _, rows in shards], [0] * len(shards), key)
+
+    def _task_shards(self) -> tuple[Any, Any, str | None, list[str] | None, list[tuple[list[int], list[int]]]]:
+        """The task rows (after ``exclude_keys``), their record spec, the partition key and values, and the shards."""
         task_rows, task_spec = self._load(self.task, self.max_task_examples)
         key, keys = keys_for_partition(self.task, task_rows, task_spec, self.partition, self.partition_key)
         task_rows, keys = exclude_rows(task_rows, key, keys, list(self.exclude_keys or ()), self.task.describe(),
@@ -269,8 +268,7 @@ class FederatedInstructionDataModule(LightningDataModule):
             len(task_rows), keys, self.partition, self._num_clients, self.dirichlet_alpha, self.min_client_size,
             self.val_fraction, self.seed, f"{self.task.describe()} (partition={self.partition!r})",
         )
-        train_keys = [[keys[i] for i in rows] if keys is not None else [""] * len(rows) for rows, _ in shards]
-        return partition_table(train_keys, [len(rows) for _, rows in shards], [0] * len(shards), key)
+        return task_rows, task_spec, key, keys, shards
 
     def client_num_examples(self, client_id: int) -> int:
         """Number of training examples held by client ``client_id`` (after :meth:`setup`)."""
