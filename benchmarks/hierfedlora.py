@@ -34,7 +34,6 @@ Out come ``table.md``, ``results.json``, ``fleet.yaml`` and ``hierfedlora.png``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
@@ -42,8 +41,7 @@ import re
 import subprocess
 import sys
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from fedbiot_pl.artifacts.csv_logger import newest_run
 from fedbiot_pl.hierarchy.clock import time_to_target
 from fedbiot_pl.hierarchy.costs import DepthCosts, depth_costs
 from fedbiot_pl.hierarchy.fleet import Fleet, load_fleet, mbps_to_Bps
+from fedbiot_pl.planning.figures import quiet_model_build
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DOLLY = ROOT.parent / "shared" / "data" / "dolly" / "databricks-dolly-15k.jsonl.gz"
@@ -130,20 +129,6 @@ def _fit_setting(fit_args: Sequence[str], key: str, default: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- the fleet
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 def model_costs(model: str, seq_len: int, tokens_per_step: int, micro_batch_tokens: int, lora_rank: int = 8,
                 lora_targets: Sequence[str] = ("q_proj", "v_proj"), dtype_bytes: int = 4) -> DepthCosts:
     """:func:`~fedbiot_pl.hierarchy.costs.depth_costs` of ``model`` with LoRA on every layer.
@@ -157,7 +142,7 @@ def model_costs(model: str, seq_len: int, tokens_per_step: int, micro_batch_toke
     from fedbiot_pl.model.location import load_model_config
     from fedbiot_pl.scaling.flops import decoder_shape
 
-    with _quiet_transformers():
+    with quiet_model_build():
         config = load_model_config(model)
         with torch.device("meta"):
             full = AutoModelForCausalLM.from_config(config)

@@ -9,7 +9,6 @@ The exchange is the production one: each client's :class:`~fedbiot_pl.federation
 from __future__ import annotations
 
 import os
-import socket
 from typing import NamedTuple
 
 import pytest
@@ -21,6 +20,7 @@ from fedbiot_pl.federation.attempts import RoundAttempt, round_record
 from fedbiot_pl.federation.messages import LoRAState, decode_message
 from fedbiot_pl.federation.placement import assign_clients, client_seed, clients_of_rank, gather_by_client
 from fedbiot_pl.federation.transport import ClientReply
+from tests.helpers import free_port
 
 
 def test_clients_are_dealt_round_robin_in_the_sampled_order():
@@ -113,9 +113,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_end_with_the_same_replies_and_the_one_process_average(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = str(tmp_path / "result")
     torch.multiprocessing.spawn(_worker, args=(port, out), nprocs=2, join=True)
     results = [torch.load(f"{out}.{rank}") for rank in range(2)]

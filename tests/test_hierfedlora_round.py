@@ -13,7 +13,7 @@ from fedbiot_pl.hierarchy.fleet import load_fleet
 from fedbiot_pl.hierarchy.simulation import simulated_fleet
 from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules import EmulatorAlignmentModule
-from tests.helpers import LORA_PER_LAYER, server_trainer
+from tests.helpers import LORA_PER_LAYER, free_port, server_trainer
 from tests.toy_data import ToyFederatedData, ToyGroupedData
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -290,11 +290,7 @@ def _two_rank_round(rank: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_sharing_the_devices_end_with_the_one_process_lora(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = str(tmp_path / "lora")
     torch.multiprocessing.spawn(_two_rank_round, args=(port, out), nprocs=2, join=True)
     data = ToyFederatedData(num_clients=4, examples=(8, 8, 16, 12), vocab=VOCAB)

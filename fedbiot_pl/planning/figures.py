@@ -80,7 +80,7 @@ def dtype_name(config: Any) -> str:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_model_build() -> Iterator[None]:
     """Silence transformers' logging and Python warnings (deprecations) while the model is built."""
     from transformers.utils import logging as hf_logging
 
@@ -317,7 +317,7 @@ def plan(model: str, clients: int = 1, dtype: str | None = None, algorithm: str 
         if kd_settings["public_examples"] is None:
             raise ValueError(f"algorithm {algorithm.label!r} has public_examples null (the whole public set every "
                              "round); give --public-examples with the public set's size.")
-    with _quiet():
+    with quiet_model_build():
         config = load_model_config(model)
         dtype = dtype or dtype_name(config)
         with torch.device("meta"):
