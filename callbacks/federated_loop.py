@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -195,6 +196,9 @@ class FederatedLoop(Callback):
         self._resumed_epoch: int | None = None  # the checkpoint's epoch, when resumed
         self._pending_rng: dict[str, Any] | None = None  # random states to restore at the next epoch
         self._fleet_state: dict[str, Any] | None = None  # the simulated clock of a checkpoint
+        # How the rounds reach the clients: ``None`` = in this process; a deployment (Flower's ServerApp)
+        # sets ``factory(loop, trainer, pl_module) -> (transport, client data)`` before the fit.
+        self.transport_factory: Callable[..., tuple[Any, Any]] | None = None
 
     @property
     def algorithm_name(self) -> str:
@@ -291,12 +295,16 @@ class FederatedLoop(Callback):
             self.algorithm, views, self.algorithm.client_module(views, self.client_optim), trainer.datamodule,
             self.client_fit, trainer.strategy.root_device, trainer.precision, self.seed, trainer.world_size,
         )
-        transport = InProcessTransport(self.ledger, trainer.global_rank, trainer.world_size)
+        data = trainer.datamodule
+        if self.transport_factory is None:
+            transport = InProcessTransport(self.ledger, trainer.global_rank, trainer.world_size)
+        else:  # remote clients: the transport, and their data as the server knows it (their sizes)
+            transport, data = self.transport_factory(self, trainer, pl_module)
         fleet = None
         if self.fleet is not None:  # its clock continues a checkpoint's at the first epoch (_pending_state)
             fleet = simulated_fleet(self.fleet, views, trainer.datamodule, self.local_steps,
                                     self.client_fit.accumulate_grad_batches)
-        self.runner = RoundRunner(self.algorithm, views, trainer.datamodule, clients, self.round_settings,
+        self.runner = RoundRunner(self.algorithm, views, data, clients, self.round_settings,
                                   self.ledger, transport, self.server_optimizer, fleet)
         report = self.algorithm.report()
         if report and trainer.is_global_zero and trainer.log_dir:

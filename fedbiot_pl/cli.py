@@ -196,8 +196,10 @@ def with_default_config(argv: list[str]) -> list[str]:
     return argv
 
 
-def main(args: list[str] | None = None) -> FedBiOTCLI:
+def main(args: list[str] | None = None, cli_class: type[FedBiOTCLI] | None = None) -> FedBiOTCLI:
     """Run the CLI (``args`` default: ``sys.argv[1:]``); with no arguments, ``fit`` the embedded default.
+
+    ``cli_class`` replaces :class:`FedBiOTCLI` (Flower's ServerApp runs the same command with its transport).
 
     A :class:`~fedbiot_pl.errors.ConfigError` (or too few clients) exits with its message and code 2.
     """
@@ -210,7 +212,7 @@ def main(args: list[str] | None = None) -> FedBiOTCLI:
             from fedbiot_pl.evaluate import main as evaluate
 
             sys.exit(evaluate(argv[1:]))
-        return FedBiOTCLI(
+        return (cli_class or FedBiOTCLI)(
             EmulatorAlignmentModule,
             FederatedInstructionDataModule,
             trainer_defaults=TRAINER_DEFAULTS,

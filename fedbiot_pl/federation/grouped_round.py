@@ -35,6 +35,7 @@ from torch import Tensor
 from fedbiot_pl.federation.aggregation import fedavg
 from fedbiot_pl.federation.attempts import RoundAttempt
 from fedbiot_pl.federation.messages import LoRAState, payload_bytes
+from fedbiot_pl.federation.transport import ClientCall
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,5 @@ def _run_group(runner: Any, round_idx: int, attempt: int, group: GroupRound, glo
     return outcome
 
 
-def _client_fn(runner: Any, client_round: int, attempt: int) -> Callable[[int, bytes], Any]:
-    def run(client_id: int, broadcast: bytes) -> Any:
-        return runner.clients.run(client_id, broadcast, round_idx=client_round, attempt=attempt)
-
-    return run
+def _client_fn(runner: Any, client_round: int, attempt: int) -> ClientCall:
+    return ClientCall(runner.clients.run, client_round, attempt)

@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from fedbiot_pl.federation.attempts import RoundAttempt, TooFewClientsError, round_record, too_few_message
@@ -37,7 +36,7 @@ from fedbiot_pl.federation.grouped_round import run_groups
 from fedbiot_pl.federation.ledger import CommLedger
 from fedbiot_pl.federation.messages import payload_bytes
 from fedbiot_pl.federation.sampling import sample_clients
-from fedbiot_pl.federation.transport import InProcessTransport, Transport
+from fedbiot_pl.federation.transport import ClientCall, InProcessTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ class RoundRunner:
         # The upload's reference (LoRA: what the clients received of the part they train).
         result = RoundAttempt(attempt, clients,
                               reference=self.algorithm.upload_reference(self.views, message, round_idx))
-        client_fn = partial(self.clients.run, round_idx=round_idx, attempt=attempt)
+        client_fn = ClientCall(self.clients.run, round_idx, attempt)
         for reply in self.transport.exchange(clients, message.encode(), client_fn):
             self._receive(result, reply, round_idx)
         if self.fleet is not None:  # each client: the broadcast down, its fit at full depth, its upload up

@@ -31,6 +31,23 @@ ClientFn = Callable[[int, bytes], ClientReply]
 """The client side of a round: ``(client id, broadcast bytes) -> reply``."""
 
 
+@dataclass(frozen=True)
+class ClientCall:
+    """The client side of one attempt at a round: ``call(client id, broadcast bytes) -> reply``.
+
+    A remote transport reads :attr:`round_idx` and :attr:`attempt` to tell the clients which fit to run
+    (their data order and random numbers depend on them).
+    """
+
+    run: Callable[..., ClientReply]
+    round_idx: int
+    attempt: int = 0
+
+    def __call__(self, client: int, broadcast: bytes) -> ClientReply:
+        """Client ``client``'s fit on ``broadcast`` in this round and attempt."""
+        return self.run(client, broadcast, round_idx=self.round_idx, attempt=self.attempt)
+
+
 ServeFn = Callable[[bytes], bytes]
 """The server side of split learning: a client's request (bytes) -> the server's reply (bytes)."""
 

@@ -1,0 +1,209 @@
+"""The Flower ``ServerApp``: the toolkit's own server loop, its clients reached through Flower's ``Grid``.
+
+``main`` runs ``train.py fit`` with the run config's arguments (``args``, a JSON list), so alignment,
+aggregation, validation, checkpoints, the run folder and ``--ckpt_path last`` resume are those of the
+in-process run. Only the transport differs: before round 0 the server waits for ``min-nodes``
+nodes, asks each (``query.describe``) which client it serves, how many examples it holds and which
+client model it has (its sha256 must be the server's), then sends every round's train messages
+through :class:`~fedbiot_pl.flower.transport.FlowerTransport`.
+
+Run config keys (``flwr run ... --run-config``): ``args`` (JSON list of ``train.py fit`` arguments),
+``workdir`` (the folder the run writes into; empty = the SuperLink's), ``model-dir`` (the server's
+copy of the exported client model), ``min-nodes``, ``node-wait`` (seconds), ``round-timeout``
+(seconds per attempt; 0 = none).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from typing_extensions import override
+
+from fedbiot_pl.cli import FedBiOTCLI
+from fedbiot_pl.cli import main as cli_main
+from fedbiot_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FlowerOptions:
+    """The run config's settings of the Flower side of a run (see the module docstring)."""
+
+    model_dir: str
+    min_nodes: int = 1
+    node_wait: float = 300.0
+    round_timeout: float | None = None
+
+    @classmethod
+    def of(cls, run_config: Mapping[str, Any]) -> FlowerOptions:
+        """Read the run config, naming every bad value at once."""
+        issues = []
+        model_dir = str(run_config.get("model-dir") or "")
+        if not os.path.isdir(model_dir):
+            issues.append(f"model-dir must be the server's copy of the exported client model, got {model_dir!r}")
+        numbers = {}
+        for key, low in (("min-nodes", 1), ("node-wait", 0), ("round-timeout", 0)):
+            value = run_config.get(key, {"min-nodes": 1, "node-wait": 300, "round-timeout": 0}[key])
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+                issues.append(f"{key} must be a number >= {low}, got {value!r}")
+            numbers[key] = value
+        if issues:
+            raise ConfigError("bad run config (flwr run --run-config): " + "; ".join(issues) + ".")
+        return cls(model_dir, int(numbers["min-nodes"]), float(numbers["node-wait"]),
+                   float(numbers["round-timeout"]) or None)
+
+
+class RemoteClientData:
+    """The clients' data as the server of a deployment knows it: their number and sizes (from the handshake)."""
+
+    def __init__(self, sizes: Mapping[int, int]) -> None:
+        self.sizes = dict(sizes)
+        self.num_clients = len(self.sizes)
+
+    def client_num_examples(self, client_id: int) -> int:
+        """Training examples of client ``client_id`` (its FedAvg weight)."""
+        return self.sizes[client_id]
+
+    def client_dataloader(self, client_id: int, round_idx: int = 0) -> Any:
+        """Not here: the client's rows stay at its site."""
+        raise ConfigError(f"client {client_id}'s data is at its site; the server cannot load it.")
+
+
+def wait_for_nodes(grid: Any, min_nodes: int, timeout: float) -> list[int]:
+    """The connected node ids, once there are at least ``min_nodes`` (``ConfigError`` after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= min_nodes:
+            return nodes
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{len(nodes)} Flower nodes connected within {timeout:.0f} s, fewer than min-nodes="
+                              f"{min_nodes}: start one flower-supernode per client (or lower min-nodes).")
+        time.sleep(1.0)
+
+
+def handshake(grid: Any, nodes: list[int], config: Mapping[str, Any], timeout: float) -> dict[int, tuple[int, int]]:
+    """Ask every node which client it serves: ``{client id: (node id, training examples)}``.
+
+    Raises:
+        ConfigError: a node failed (its reason), did not answer, or two nodes serve the same client.
+    """
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fedbiot_pl.flower.wire import DESCRIBE
+
+    messages = [Message(RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
+                        message_type=DESCRIBE) for node in nodes]
+    found: dict[int, tuple[int, int]] = {}
+    issues = []
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            issues.append(f"node {node}: {reply.error.reason}")
+            continue
+        client = reply.content["client"]
+        client_id = int(client["client-id"])
+        if client_id in found:
+            issues.append(f"nodes {found[client_id][0]} and {node} both serve client {client_id}")
+        found[client_id] = (node, int(client["num-examples"]))
+    answered = {reply.metadata.src_node_id for reply in replies}
+    issues += [f"node {node} did not answer within {timeout:.0f} s" for node in nodes if node not in answered]
+    if issues:
+        raise ConfigError("the Flower handshake failed:\n  " + "\n  ".join(issues))
+    return found
+
+
+class FlowerCLI(FedBiOTCLI):
+    """``train.py fit`` whose federated loop reaches its clients through Flower (set :attr:`grid`, :attr:`options`)."""
+
+    grid: Any = None
+    options: FlowerOptions | None = None
+
+    @override
+    def before_fit(self) -> None:
+        """Refuse what cannot run over Flower, before any weight loads; give the loop the Flower transport."""
+        from fedbiot_pl.callbacks import FederatedLoop
+        from fedbiot_pl.flower.client_model import model_digest
+        from fedbiot_pl.flower.transport import flower_issues
+
+        super().before_fit()
+        loop = next(cb for cb in self.trainer.callbacks if isinstance(cb, FederatedLoop))
+        issues = flower_issues(loop.algorithm)
+        if self.trainer.world_size > 1:
+            issues.append(f"the ServerApp runs one process; set trainer.devices to 1 (got {self.trainer.world_size}).")
+        if issues:
+            raise ConfigError("cannot run over Flower:\n  " + "\n  ".join(issues))
+        digest = model_digest(self.options.model_dir)
+        loop.transport_factory = lambda loop, trainer, module: self._transport(loop, trainer, module, digest)
+
+    def _transport(self, loop: Any, trainer: Any, pl_module: Any, digest: str) -> tuple[Any, Any]:
+        from fedbiot_pl.flower.client_model import read_settings
+        from fedbiot_pl.flower.site import client_settings
+        from fedbiot_pl.flower.transport import FlowerTransport
+
+        views, options = pl_module.split, self.options
+        check_client_model(views, read_settings(options.model_dir), options.model_dir)
+        config = {"settings": client_settings(loop, trainer), "model-sha256": digest}
+        nodes = wait_for_nodes(self.grid, options.min_nodes, options.node_wait)
+        found = handshake(self.grid, nodes, config, options.node_wait)
+        expected = trainer.datamodule.num_clients
+        if sorted(found) != list(range(expected)):
+            raise ConfigError(f"the Flower nodes serve clients {sorted(found)}; data.num_clients={expected} needs "
+                              f"clients 0..{expected - 1}, one node each.")
+        log.info("Flower nodes: %s", {client: node for client, (node, _) in sorted(found.items())})
+        trained = list(views.lora_parameters(loop.algorithm.upload_part()))
+        transport = FlowerTransport(self.grid, {c: n for c, (n, _) in found.items()}, loop.ledger, trained, config,
+                                    options.round_timeout)
+        return transport, RemoteClientData({client: size for client, (_, size) in found.items()})
+
+
+def check_client_model(views: Any, settings: Any, folder: str) -> None:
+    """The exported client model must be the one these views' clients hold (``ConfigError`` naming the fix)."""
+    layout = views.layout
+    mine = {"algorithm": views.algorithm_name, "num_layers": len(layout.compressed),
+            "bottom_adapter_layers": len(layout.bottom_adapter), "top_adapter_layers": len(layout.top_adapter),
+            "lora_r": views.lora_r, "lora_alpha": views.lora_alpha, "lora_targets": list(views.lora_targets),
+            "dtype": views.dtype_name}
+    theirs = {key: getattr(settings, key) for key in mine}
+    if theirs["algorithm"] != mine["algorithm"] and not views.algorithm.compresses():
+        theirs["algorithm"] = mine["algorithm"]  # FedAvg-LoRA and FedProx share the full model
+    wrong = {key: (theirs[key], value) for key, value in mine.items() if theirs[key] != value}
+    if wrong:
+        details = ", ".join(f"{key} {a!r} (run: {b!r})" for key, (a, b) in wrong.items())
+        raise ConfigError(f"the client model in {folder} was exported for other settings: {details}; export it "
+                          "again with this run's config (`fedbiot-flower-export`).")
+
+
+def run(grid: Any, run_config: Mapping[str, Any]) -> None:
+    """Run ``train.py fit`` with the run config's ``args`` over ``grid``."""
+    options = FlowerOptions.of(run_config)
+    args = json.loads(str(run_config.get("args") or "[]"))
+    if not isinstance(args, list) or (args and args[0] != "fit"):
+        raise ConfigError(f"run config args must be a JSON list of `train.py fit` arguments, got {args!r}.")
+    if run_config.get("workdir"):
+        os.chdir(str(run_config["workdir"]))
+    cli_main(args or ["fit"], cli_class=type("BoundFlowerCLI", (FlowerCLI,), {"grid": grid, "options": options}))
+
+
+def _app() -> Any:
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Any, context: Any) -> None:
+        run(grid, context.run_config)
+
+    return app
+
+
+app = _app()
+"""The ServerApp (``[tool.flwr.app.components] serverapp = "fedbiot_pl.flower.server_app:app"``)."""

@@ -1,0 +1,120 @@
+"""What a Flower message holds: our safetensors messages as Flower records, and back.
+
+The wire contract of a train message (the shape Flower's DP and clipping mods expect)::
+
+    down  ArrayRecord  "arrays"   the LoRA the client trains and uploads (float32, peft keys)
+          ConfigRecord "config"   server-round, attempt, client-id, model-sha256, settings (JSON),
+                                  held (safetensors bytes: the rest of the LoRA the client holds)
+    up    ArrayRecord  "arrays"   the trained LoRA (the same keys)
+          MetricRecord "metrics"  train-loss, client-id, seconds
+          ConfigRecord "config"   kind (the upload's message kind), or dropped (why the fit failed)
+
+Records are rebuilt into the toolkit's own message bytes on each side, so the client runs the same
+function as the in-process simulation and the server checks every upload with the same validation.
+Only float32 tensors travel as arrays: they cross ``numpy`` losslessly (bf16 cannot).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.federation.messages import KIND_KEY, decode_update, encode_update, payload_metadata
+from fedbiot_pl.federation.transport import ClientReply
+
+TRAIN = "train"
+DESCRIBE = "query.describe"
+
+
+def to_array_record(tensors: Mapping[str, Tensor]) -> Any:
+    """``tensors`` as a Flower ``ArrayRecord`` (keys and order kept).
+
+    Raises:
+        ConfigError: a tensor is not float32 (LoRA travels in float32: numpy has no bfloat16).
+    """
+    from flwr.app import ArrayRecord
+
+    wrong = {key: str(value.dtype) for key, value in tensors.items() if value.dtype != torch.float32}
+    if wrong:
+        key = next(iter(wrong))
+        raise ConfigError(f"Flower messages carry float32 LoRA; {len(wrong)} tensors are not, e.g. {key} "
+                          f"({wrong[key]}): keep the LoRA weights in float32 (they are by default).")
+    return ArrayRecord({key: value.detach().cpu().contiguous() for key, value in tensors.items()})
+
+
+def from_array_record(record: Any) -> dict[str, Tensor]:
+    """The tensors of an ``ArrayRecord`` (``ValueError`` if one cannot be read)."""
+    try:
+        return dict(record.to_torch_state_dict())
+    except Exception as error:  # a corrupted array fails inside numpy's loader
+        raise ValueError(f"unreadable arrays ({type(error).__name__}: {error})") from error
+
+
+def train_content(held: Mapping[str, Tensor], metadata: Mapping[str, str], trained: Iterable[str],
+                  config: Mapping[str, Any]) -> Any:
+    """The content of a train message: the trained keys of ``held`` as arrays, the rest as bytes in the config.
+
+    Args:
+        held: every LoRA tensor the client should hold this round (the broadcast, and what it still holds).
+        metadata: the broadcast message's string metadata (its kind included).
+        trained: the keys the client trains and uploads.
+        config: the round's settings (ints, floats, strings, bytes).
+    """
+    from flwr.app import ConfigRecord, RecordDict
+
+    trained = set(trained)
+    arrays = {key: value for key, value in held.items() if key in trained}
+    rest = {key: value for key, value in held.items() if key not in trained}
+    record = ConfigRecord({**config, "held": encode_update(rest, metadata)})
+    return RecordDict({"arrays": to_array_record(arrays), "config": record})
+
+
+def broadcast_from_content(content: Any) -> bytes:
+    """The broadcast message bytes a train message's content carries (what the in-process client gets)."""
+    held = bytes(content["config"]["held"])
+    tensors = {**decode_update(held), **from_array_record(content["arrays"])}
+    return encode_update(tensors, payload_metadata(held))
+
+
+def reply_content(reply: ClientReply, seconds: float) -> Any:
+    """A client's reply as records: its upload as arrays and its loss as metrics, or why it was dropped."""
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    metrics = {"client-id": reply.client, "seconds": float(seconds)}
+    if reply.dropped is not None:
+        return RecordDict({"config": ConfigRecord({"dropped": reply.dropped}), "metrics": MetricRecord(metrics)})
+    metrics["train-loss"] = float(reply.loss)
+    kind = payload_metadata(reply.payload).get(KIND_KEY, "")
+    return RecordDict({"arrays": to_array_record(decode_update(reply.payload)),
+                       "metrics": MetricRecord(metrics), "config": ConfigRecord({"kind": kind})})
+
+
+def reply_from_content(client: int, content: Any) -> ClientReply:
+    """The :class:`ClientReply` a reply's records stand for.
+
+    An upload whose arrays cannot be read comes back as undecodable bytes, so that the server's check
+    rejects it (and counts it) like any other bad upload.
+    """
+    config = content.get("config")
+    metrics = content.get("metrics")
+    loss = float(metrics["train-loss"]) if metrics is not None and "train-loss" in metrics else math.nan
+    if config is not None and "dropped" in config:
+        return ClientReply(client, math.nan, b"", str(config["dropped"]))
+    if "arrays" not in content:
+        return ClientReply(client, loss, b"unreadable: the reply has no arrays")
+    try:
+        tensors = from_array_record(content["arrays"])
+    except ValueError as error:
+        return ClientReply(client, loss, f"unreadable: {error}".encode())
+    kind = str(config["kind"]) if config is not None and "kind" in config else ""
+    return ClientReply(client, loss, encode_update(tensors, {KIND_KEY: kind}))
+
+
+def content_bytes(content: Any) -> int:
+    """Bytes of a message's records (Flower's own count: arrays, config values and metrics)."""
+    return sum(record.count_bytes() for record in content.values())
