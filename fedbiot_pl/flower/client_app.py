@@ -35,7 +35,8 @@ def run_train(content: Any, node_config: Any) -> tuple[ClientReply, dict[str, fl
 
     Returns:
         The reply (the upload, or why the client dropped) and the timings: ``startup-seconds`` (process
-        start to the start of the fit: imports, model map, data) and ``fit-seconds``.
+        start to the start of the fit: imports, model map, data), ``setup-seconds`` (of which: the model map,
+        the views and the data) and ``fit-seconds``.
     """
     from fedbiot_pl.algorithms import ClientOptim, resolve_algorithm
     from fedbiot_pl.errors import ConfigError
@@ -44,6 +45,7 @@ def run_train(content: Any, node_config: Any) -> tuple[ClientReply, dict[str, fl
     from fedbiot_pl.flower.site import NodeSettings, site_data
     from fedbiot_pl.flower.wire import broadcast_from_content
 
+    entered = time.perf_counter()
     config = content["config"]
     client = int(config["client-id"])
     try:
@@ -66,7 +68,7 @@ def run_train(content: Any, node_config: Any) -> tuple[ClientReply, dict[str, fl
         broadcast = broadcast_from_content(content)
     except Exception as error:  # the site cannot fit: the server drops it with the reason
         return ClientReply(client, math.nan, b"", f"site of client {client}: {type(error).__name__}: {error}"), {}
-    timings = {"startup-seconds": process_seconds()}
+    timings = {"startup-seconds": process_seconds(), "setup-seconds": time.perf_counter() - entered}
     started = time.perf_counter()
     reply = clients.run(client, broadcast, round_idx=int(config["server-round"]), attempt=int(config["attempt"]))
     timings["fit-seconds"] = time.perf_counter() - started

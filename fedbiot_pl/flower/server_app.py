@@ -144,6 +144,18 @@ class FlowerCLI(FedBiOTCLI):
         digest = model_digest(self.options.model_dir)
         loop.transport_factory = lambda loop, trainer, module: self._transport(loop, trainer, module, digest)
 
+    @override
+    def after_fit(self) -> None:
+        """Also keep the clients' start-up and fit seconds per message (``flower_timings.json`` in the run folder)."""
+        super().after_fit()
+        from fedbiot_pl.artifacts.export import write_text_atomic
+        from fedbiot_pl.callbacks import FederatedLoop
+
+        loop = next(cb for cb in self.trainer.callbacks if isinstance(cb, FederatedLoop))
+        timings = getattr(loop.runner.transport if loop.runner else None, "timings", None)
+        if timings is not None and self.trainer.log_dir:
+            write_text_atomic(os.path.join(self.trainer.log_dir, "flower_timings.json"), json.dumps(timings, indent=1))
+
     def _transport(self, loop: Any, trainer: Any, pl_module: Any, digest: str) -> tuple[Any, Any]:
         from fedbiot_pl.flower.client_model import read_settings
         from fedbiot_pl.flower.site import client_settings

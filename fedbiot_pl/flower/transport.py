@@ -64,7 +64,7 @@ class FlowerTransport:
         self.grid, self.node_of, self.ledger = grid, dict(node_of), ledger
         self.trained_keys, self.config, self.timeout = list(trained_keys), dict(config), timeout
         self._held: dict[str, Tensor] = {}
-        self.last_seconds: dict[int, float] = {}
+        self.timings: list[dict[str, float]] = []  # per reply: round, attempt, client, startup and fit seconds
 
     def exchange(self, clients: Sequence[int], broadcast: bytes, client_fn: ClientFn) -> list[ClientReply]:
         """Every sampled client's reply, in the order of ``clients`` (``client_fn`` names the round and attempt)."""
@@ -99,9 +99,10 @@ class FlowerTransport:
                 continue
             up += content_bytes(reply.content)
             replies[client] = reply_from_content(client, reply.content)
-            metrics = reply.content.get("metrics")
-            if metrics is not None and "seconds" in metrics:
-                self.last_seconds[client] = float(metrics["seconds"])
+            timings = reply.content.get("timings")
+            if timings is not None:
+                self.timings.append({"round": round_idx, "attempt": attempt, "client": client,
+                                     **{key: float(value) for key, value in timings.items()}})
         for client in clients:
             if client not in replies:
                 replies[client] = ClientReply(client, math.nan, b"", f"no reply within {self.timeout} s")

@@ -35,7 +35,12 @@ class FakeGrid:
             self.sent.append((node, message.metadata.message_type))
             config = self.node_configs[node]
             if message.metadata.message_type == DESCRIBE:
-                content = RecordDict({"client": ConfigRecord(client_app.describe(message.content, config))})
+                try:
+                    content = RecordDict({"client": ConfigRecord(client_app.describe(message.content, config))})
+                except Exception as error:  # Flower answers a handler's exception with an error reply
+                    replies.append(SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=None,
+                                                   error=SimpleNamespace(reason=str(error)), has_error=lambda: True))
+                    continue
             else:
                 assert message.metadata.message_type == TRAIN
                 with torch.random.fork_rng():  # a site is another process: its model build draws from its own RNG
