@@ -40,6 +40,24 @@ log = logging.getLogger(__name__)
 CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
 
 
+def privacy_spent(dp: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Local DP spent per client: one release per round it was sampled in.
+
+    A retried round's earlier attempts are not in the history: with ``on_too_few: retry`` a client may
+    have released once more per retry.
+    """
+    from dataclasses import asdict
+
+    from fedbiot_pl.privacy import compose
+
+    releases: dict[int, int] = {}
+    for entry in history:
+        for client in entry.get("clients", []):
+            releases[client] = releases.get(client, 0) + 1
+    return {"mechanism": {**asdict(dp), "sigma": dp.sigma, "sensitivity": dp.sensitivity},
+            "per_client": {str(client): asdict(compose(dp, count)) for client, count in sorted(releases.items())}}
+
+
 def round_due(trainer: pl.Trainer, every_n_rounds: int) -> tuple[FederatedLoop | None, int | None]:
     """The trainer's :class:`FederatedLoop` and the round that ends with this epoch, if it is due.
 
@@ -119,6 +137,10 @@ class FederatedLoop(Callback):
             ``fedbiot_pl/assets/fleets/default-80.yaml``), a fleet YAML, or the fleet inline; ``null`` =
             no simulated time. For the algorithms whose clients hold the full model and share LoRA
             (``fedavg_lora``, ``fedprox``, ``hierfedlora``).
+        local_dp: local differential privacy on every LoRA upload, ``{clip_norm: C, epsilon: e, delta: d}``
+            (optionally ``calibration: analytic|classic``): the client clips its update to L2 norm ``C`` and adds
+            Gaussian noise calibrated so that each upload is ``(e, d)``-DP (:mod:`fedbiot_pl.privacy.local_dp`);
+            ``null`` = none. The privacy spent per client over the run is in ``federated_summary.json``.
     """
 
     def __init__(
@@ -145,6 +167,7 @@ class FederatedLoop(Callback):
         max_update_norm: float | None = None,
         server_optimizer: str | ServerOptimizer | None = None,
         devices: str | dict | None = None,
+        local_dp: dict | None = None,
     ) -> None:
         issues = []
         for name, value, low in (
@@ -180,11 +203,23 @@ class FederatedLoop(Callback):
             issues.append(f"server_optimizer {server_optimizer!r} steps on averaged weights; algorithm "
                           f"{self.algorithm.label!r} shares {self.algorithm.family} updates: set server_optimizer "
                           "to null.")
+        privacy = None
+        if local_dp is not None:
+            from fedbiot_pl.privacy import LocalDP
+
+            try:
+                privacy = LocalDP(**dict(local_dp))
+                issues += [f"local_dp: {issue}" for issue in privacy.issues()]
+            except TypeError as error:
+                issues.append(f"local_dp takes clip_norm, epsilon, delta and calibration; got {local_dp!r} ({error}).")
+            if self.algorithm is not None and self.algorithm.family != "params":
+                issues.append(f"local_dp noises LoRA uploads; algorithm {self.algorithm.label!r} shares "
+                              f"{self.algorithm.family} updates: set local_dp to null.")
         if issues:
             raise ConfigError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
         self.rounds, self.pre_alignment_rounds, self.align_steps = rounds, pre_alignment_rounds, align_steps
         self.client_optim = ClientOptim(client_lr, tuple(client_betas), client_weight_decay, proximal_weight)
-        self.client_fit = ClientFitSettings(local_steps, client_accumulate_grad_batches, client_time_limit)
+        self.client_fit = ClientFitSettings(local_steps, client_accumulate_grad_batches, client_time_limit, privacy)
         self.round_settings = RoundSettings(clients_per_round, seed, weighting, min_clients, on_too_few,
                                             max_round_retries, max_update_norm)
         self.export_final_adapter, self.plot_training = export_final_adapter, plot_training
@@ -391,6 +426,8 @@ class FederatedLoop(Callback):
             export_adapters(pl_module.split, out)
             export_personal_adapters(pl_module.split, self.algorithm.personal_states(), out / "clients")
         summary = {"ledger": self.ledger.state_dict(), "faults": fault_totals(self.history), "rounds": self.history}
+        if self.client_fit.local_dp is not None:
+            summary["privacy"] = privacy_spent(self.client_fit.local_dp, self.history)
         write_text_atomic(out / "federated_summary.json", json.dumps(summary, indent=2))
         log.info("final adapters written to %s", out)
 

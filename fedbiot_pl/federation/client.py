@@ -43,11 +43,22 @@ class ClientData(Protocol):
 
 @dataclass(frozen=True)
 class ClientFitSettings:
-    """One client fit: optimizer steps, micro-batches per step, time limit (seconds, ``None``: none)."""
+    """One client fit: optimizer steps, micro-batches per step, time limit (seconds, ``None``: none).
+
+    ``local_dp`` (:class:`~fedbiot_pl.privacy.LocalDP`, or its fields as a dict): the upload is clipped and
+    noised at the client (local differential privacy) before it leaves.
+    """
 
     local_steps: int = 30
     accumulate_grad_batches: int = 2
     time_limit: float | None = None
+    local_dp: Any = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.local_dp, dict):
+            from fedbiot_pl.privacy import LocalDP
+
+            object.__setattr__(self, "local_dp", LocalDP(**self.local_dp))
 
 
 class StepHookPoint(Callback):
@@ -84,6 +95,7 @@ class LocalClients:
         self.fit, self.device, self.precision = fit, torch.device(device), precision
         self.seed, self.world_size = seed, world_size
         self.last_error: BaseException | None = None
+        self._received: dict[str, Any] | None = None  # the received LoRA of the upload part (local DP)
 
     def run(self, client_id: int, broadcast: bytes, round_idx: int, attempt: int = 0) -> ClientReply:
         """One client's part of a round: load ``broadcast``, fit, encode the upload.
@@ -93,6 +105,8 @@ class LocalClients:
         stream is left as it was.
         """
         self.algorithm.client_receive(self.views, broadcast, client_id, round_idx)
+        # local DP: the change is clipped and noised against what the client received
+        self._received = self.algorithm.upload(self.views) if self.fit.local_dp is not None else None
         with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(client_seed(self.seed, round_idx, client_id))
             return self._run(client_id, round_idx, attempt)
@@ -109,7 +123,10 @@ class LocalClients:
             loss = self._fit(client_id, round_idx, context)
             if not math.isfinite(loss):
                 return ClientReply(client_id, loss, b"", f"non-finite mean loss {loss}")
-            payload = self.algorithm.upload_message(self.views, client_id, round_idx).encode()
+            message = self.algorithm.upload_message(self.views, client_id, round_idx)
+            if self.fit.local_dp is not None:
+                message = self._privatize(message)
+            payload = message.encode()
             return ClientReply(client_id, loss, hooks.transform("upload", payload, **context))
         except ClientTimeout as error:
             return ClientReply(client_id, math.nan, b"", str(error))
@@ -120,6 +137,18 @@ class LocalClients:
         finally:  # also after a failed fit, where no module hook ran, and for any algorithm's client module
             for param in self.views.lora_parameters(self.algorithm.upload_part()).values():
                 param.grad = None
+
+    def _privatize(self, message: Any) -> Any:
+        """The upload clipped and noised (:func:`~fedbiot_pl.privacy.privatize`) with noise the server cannot know."""
+        import secrets
+
+        from fedbiot_pl.privacy import privatize
+
+        generator = torch.Generator().manual_seed(secrets.randbits(63))  # never the run's seed: the server knows it
+        released, report = privatize(message.tensors, self._received, self.fit.local_dp, generator)
+        log.debug("local DP: update norm %.4g, clip factor %.3g, sigma %.4g", report.pre_clip_norm,
+                  report.clip_factor, report.sigma)
+        return type(message)(released, message.metadata)
 
     def _fit(self, client_id: int, round_idx: int, context: dict[str, int]) -> float:
         deadline = [ClientDeadline(self.fit.time_limit)] if self.fit.time_limit is not None else []

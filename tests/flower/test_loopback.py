@@ -1,0 +1,50 @@
+"""The real Flower engine on loopback: SuperLink + SuperNodes as processes, TLS and node authentication.
+
+The run is `train.py fit`'s, over self-signed TLS with registered node keys; its final adapter must equal
+the in-process run's bit for bit, and a node whose key was never registered must be refused.
+"""
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from fedbiot_pl.cli import DEFAULT_CONFIG, main  # noqa: E402
+from fedbiot_pl.flower.engine import LocalEngine, NodeSpec  # noqa: E402
+from fedbiot_pl.flower.local import APP_DIR  # noqa: E402
+from tests.flower.test_server_app import export  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.flower]
+ARGS = ["--federated.algorithm", "fedavg_lora", "--federated.pre_alignment_rounds", "0",
+        "--federated.proximal_weight", "0", "--federated.rounds", "1", "--federated.local_steps", "2",
+        "--data.num_clients", "2", "--data.max_task_examples", "40", "--data.max_public_examples", "20",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--federated.plot_training", "false"]
+ADAPTER = "fedbiot/version_0/final_adapter/compressed_lora.safetensors"
+
+
+def test_tls_and_node_auth_run_equals_train_py_and_an_unregistered_node_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    model_dir = tmp_path / "client_model"
+    export(model_dir, ARGS)
+    argv = ["fit", "--config", str(DEFAULT_CONFIG), *ARGS]
+    main([*argv, "--trainer.logger.init_args.save_dir", str(tmp_path / "ip")])
+    nodes = [NodeSpec({"client-id": i, "model-dir": str(model_dir)}) for i in range(2)]
+    nodes.append(NodeSpec({"client-id": 2, "model-dir": str(model_dir)}, register=False))  # a stranger
+    run_config = {"args": json.dumps([*argv, "--trainer.logger.init_args.save_dir", str(tmp_path / "fl")]),
+                  "workdir": str(tmp_path), "model-dir": str(model_dir), "min-nodes": 2, "node-wait": 120}
+    with LocalEngine(tmp_path / "engine", nodes, tls=True, auth=True) as engine:
+        engine.start()
+        run_id = engine.submit(APP_DIR, run_config)
+        status = engine.wait(run_id, timeout=900)
+        logs = engine.logs(run_id)
+        stranger = engine.node_log(2)
+        pids = list(engine.pids.values())
+    assert status == "finished:completed", logs[-4000:]
+    assert (tmp_path / "fl" / ADAPTER).read_bytes() == (tmp_path / "ip" / ADAPTER).read_bytes()
+    assert "2004" in stranger, stranger[-2000:]  # "Failed to activate SuperNode": its key is not registered
+    for pid in pids:  # every engine process is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
