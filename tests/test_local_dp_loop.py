@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.callbacks import FederatedLoop
+from fedbiot_pl.cli import DEFAULT_CONFIG, main
 from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.privacy import LocalDP, compose
 
+SAVE = "--trainer.logger.init_args.save_dir"
 ARGS = ["--federated.algorithm", "fedavg_lora", "--federated.pre_alignment_rounds", "0",
         "--federated.proximal_weight", "0", "--federated.rounds", "2", "--federated.local_steps", "2",
         "--data.max_task_examples", "30", "--data.max_public_examples", "10", "--trainer.enable_progress_bar", "false",
@@ -31,9 +32,9 @@ def test_bad_local_dp_values_are_all_named_at_once():
 @pytest.mark.slow
 def test_clipped_uploads_pass_a_norm_bound_that_plain_uploads_fail(tmp_path, capsys):
     with pytest.raises(SystemExit) as plain:  # without local DP every update moves further than 1.1e-4
-        main(["fit", "--config", str(DEFAULT_CONFIG), *ARGS, "--trainer.logger.init_args.save_dir", str(tmp_path / "a")])
+        main(["fit", "--config", str(DEFAULT_CONFIG), *ARGS, SAVE, str(tmp_path / "a")])
     assert plain.value.code == 2 and "max_update_norm" in capsys.readouterr().err
-    main(["fit", "--config", str(DEFAULT_CONFIG), *ARGS, *DP, "--trainer.logger.init_args.save_dir", str(tmp_path / "b")])
+    main(["fit", "--config", str(DEFAULT_CONFIG), *ARGS, *DP, SAVE, str(tmp_path / "b")])
     summary = json.loads((tmp_path / "b" / "fedbiot" / "version_0" / "final_adapter" /
                           "federated_summary.json").read_text())
     assert summary["ledger"]["uploads_rejected"] == 0
