@@ -172,8 +172,12 @@ class RoundRunner:
         result = RoundAttempt(attempt, clients,
                               reference=self.algorithm.upload_reference(self.views, message, round_idx))
         client_fn = ClientCall(self.clients.run, round_idx, attempt)
-        for reply in self.transport.exchange(clients, message.encode(), client_fn):
-            self._receive(result, reply, round_idx)
+        if getattr(self.transport, "aggregates", False):  # secure aggregation: only the uploads' weighted mean
+            self._receive_mean(result, self.transport.secure_exchange(clients, message.encode(), client_fn),
+                               round_idx)
+        else:
+            for reply in self.transport.exchange(clients, message.encode(), client_fn):
+                self._receive(result, reply, round_idx)
         if self.fleet is not None:  # each client: the broadcast down, its fit at full depth, its upload up
             self._seconds.append(self.fleet.exchange_seconds(
                 clients, round_idx, down_bytes=payload_bytes(message.tensors),
@@ -189,6 +193,27 @@ class RoundRunner:
             busy = [g["seconds"] for g in final.groups]
             metrics["sim/idle_fraction"] = 1.0 - sum(busy) / len(busy) / self._seconds[-1]
         return metrics
+
+    def _receive_mean(self, result: RoundAttempt, outcome: Any, round_idx: int) -> None:
+        """Drops, then the check of the secure mean (the only upload the server sees): all its clients or none."""
+        for client_id, reason in outcome.dropped.items():
+            log.warning("round %d: client %d dropped: %s", round_idx, client_id, reason)
+            result.drop(client_id, reason)
+        if not outcome.losses:
+            return
+        update, problem = self.algorithm.receive(outcome.payload, result.reference, self.settings.max_update_norm)
+        if problem is not None:
+            self.ledger.uploads_rejected += 1
+            log.warning("round %d: the secure mean of clients %s rejected: %s", round_idx, sorted(outcome.losses),
+                        problem)
+            for client_id in outcome.losses:
+                result.reject(client_id, f"secure mean rejected: {problem}")
+            return
+        for _ in outcome.losses:  # each client sent an update of the adapter's size (masked, on the wire)
+            self.ledger.record_up(update)
+        result.uploads.append(update)
+        result.weights.append(outcome.weight)
+        result.losses.update(outcome.losses)
 
     def _receive(self, result: RoundAttempt, reply: Any, round_idx: int) -> None:
         """Drop, reject or accept one client's reply (every rank does this for every client, in order)."""

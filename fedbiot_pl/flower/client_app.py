@@ -38,15 +38,26 @@ def run_train(content: Any, node_config: Any) -> tuple[ClientReply, dict[str, fl
         start to the start of the fit: imports, model map, data), ``setup-seconds`` (of which: the model map,
         the views and the data) and ``fit-seconds``.
     """
+    from fedbiot_pl.flower.wire import broadcast_from_content
+
+    reply, timings, _ = fit_client(content["config"], lambda: broadcast_from_content(content), node_config)
+    return reply, timings
+
+
+def fit_client(config: Any, broadcast: Any, node_config: Any) -> tuple[ClientReply, dict[str, float], int]:
+    """The client fit of a round's ``config`` on the bytes ``broadcast()`` returns (plain or secure aggregation).
+
+    Returns:
+        The reply, the timings (:func:`run_train`) and the client's FedAvg weight (its training examples, or 1
+        with ``weighting: uniform``; 0 when the site could not fit).
+    """
     from fedbiot_pl.algorithms import ClientOptim, resolve_algorithm
     from fedbiot_pl.errors import ConfigError
     from fedbiot_pl.federation.client import ClientFitSettings, LocalClients
     from fedbiot_pl.flower.client_model import client_views, model_digest
     from fedbiot_pl.flower.site import NodeSettings, site_data
-    from fedbiot_pl.flower.wire import broadcast_from_content
 
     entered = time.perf_counter()
-    config = content["config"]
     client = int(config["client-id"])
     try:
         node = NodeSettings.of(node_config)
@@ -65,14 +76,38 @@ def run_train(content: Any, node_config: Any) -> tuple[ClientReply, dict[str, fl
         data = site_data(settings["data"], node)
         clients = LocalClients(algorithm, views, module, data, ClientFitSettings(**settings["fit"]), node.device,
                                settings["precision"], settings["seed"])
-        broadcast = broadcast_from_content(content)
+        payload = broadcast()
+        weight = 1 if settings.get("weighting") == "uniform" else data.client_num_examples(client)
     except Exception as error:  # the site cannot fit: the server drops it with the reason
-        return ClientReply(client, math.nan, b"", f"site of client {client}: {type(error).__name__}: {error}"), {}
+        return ClientReply(client, math.nan, b"", f"site of client {client}: {type(error).__name__}: {error}"), {}, 0
     timings = {"startup-seconds": process_seconds(), "setup-seconds": time.perf_counter() - entered}
     started = time.perf_counter()
-    reply = clients.run(client, broadcast, round_idx=int(config["server-round"]), attempt=int(config["attempt"]))
+    reply = clients.run(client, payload, round_idx=int(config["server-round"]), attempt=int(config["attempt"]))
     timings["fit-seconds"] = time.perf_counter() - started
-    return reply, timings
+    return reply, timings, weight
+
+
+def secure_train(message: Any, node_config: Any) -> Any:
+    """A SecAgg+ fit: the same client fit; the change goes back masked (:mod:`fedbiot_pl.privacy.secagg`).
+
+    Raises:
+        RuntimeError: the client could not fit (the server counts it as dropped, with this reason).
+    """
+    from fedbiot_pl.federation.messages import decode_update, encode_update, payload_metadata
+    from fedbiot_pl.privacy.secagg import secagg_fit_reply, secagg_fit_request
+
+    request = secagg_fit_request(message)
+    config = {**request.config, "client-id": int(node_config.get("client-id", -1))}
+
+    def broadcast() -> bytes:
+        held = bytes(config["held"])
+        return encode_update({**decode_update(held), **request.arrays}, payload_metadata(held))
+
+    reply, timings, weight = fit_client(config, broadcast, node_config)
+    if reply.dropped is not None:
+        raise RuntimeError(reply.dropped)
+    metrics = {"client-id": reply.client, "train-loss": float(reply.loss), **timings}
+    return secagg_fit_reply(message, request, decode_update(reply.payload), weight, metrics)
 
 
 def describe(content: Any, node_config: Any) -> dict[str, Any]:
@@ -94,6 +129,7 @@ def _app() -> Any:
     from flwr.clientapp import ClientApp
 
     from fedbiot_pl.flower.wire import reply_content
+    from fedbiot_pl.privacy.secagg import is_secagg_message, secagg_mod
 
     app = ClientApp()
 
@@ -102,8 +138,10 @@ def _app() -> Any:
         return Message(RecordDict({"client": ConfigRecord(describe(msg.content, context.node_config))}),
                        reply_to=msg)
 
-    @app.train()
+    @app.train(mods=[secagg_mod])  # acts on SecAgg+ messages only
     def _train(msg: Message, context: Any) -> Message:
+        if is_secagg_message(msg):
+            return secure_train(msg, context.node_config)
         reply, timings = run_train(msg.content, context.node_config)
         content = reply_content(reply, timings.get("fit-seconds", 0.0))
         content["timings"] = MetricRecord(timings)

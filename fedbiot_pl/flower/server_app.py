@@ -10,7 +10,9 @@ through :class:`~fedbiot_pl.flower.transport.FlowerTransport`.
 Run config keys (``flwr run ... --run-config``): ``args`` (JSON list of ``train.py fit`` arguments),
 ``workdir`` (the folder the run writes into; empty = the SuperLink's), ``model-dir`` (the server's
 copy of the exported client model), ``min-nodes``, ``node-wait`` (seconds), ``round-timeout``
-(seconds per attempt; 0 = none).
+(seconds per attempt; 0 = none), ``secagg`` (Flower's SecAgg+: ``""`` = off, ``"{}"`` = on with the
+defaults, or a JSON object of :class:`~fedbiot_pl.privacy.secagg.SecAggSettings` fields; ``max_weight``
+defaults to the largest client).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ class FlowerOptions:
     min_nodes: int = 1
     node_wait: float = 300.0
     round_timeout: float | None = None
+    secagg: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, run_config: Mapping[str, Any]) -> FlowerOptions:
@@ -54,10 +58,19 @@ class FlowerOptions:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
                 issues.append(f"{key} must be a number >= {low}, got {value!r}")
             numbers[key] = value
+        secagg = None
+        if str(run_config.get("secagg") or "").strip():
+            try:
+                secagg = json.loads(str(run_config["secagg"]))
+                if not isinstance(secagg, dict):
+                    raise ValueError("not an object")
+            except ValueError as error:
+                issues.append(f"secagg must be a JSON object of SecAgg+ settings (or \"{{}}\" for the defaults), got "
+                              f"{run_config['secagg']!r} ({error})")
         if issues:
             raise ConfigError("bad run config (flwr run --run-config): " + "; ".join(issues) + ".")
         return cls(model_dir, int(numbers["min-nodes"]), float(numbers["node-wait"]),
-                   float(numbers["round-timeout"]) or None)
+                   float(numbers["round-timeout"]) or None, secagg)
 
 
 class RemoteClientData:
@@ -104,8 +117,13 @@ def handshake(grid: Any, nodes: list[int], config: Mapping[str, Any], timeout: f
     found: dict[int, tuple[int, int]] = {}
     issues = []
     replies = list(grid.send_and_receive(messages, timeout=timeout))
+    node_of_message = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    answered = set()
     for reply in replies:
-        node = reply.metadata.src_node_id
+        node = node_of_message.get(reply.metadata.reply_to_message_id)
+        if node is None:
+            continue
+        answered.add(node)
         if reply.has_error():
             issues.append(f"node {node}: {reply.error.reason}")
             continue
@@ -114,7 +132,6 @@ def handshake(grid: Any, nodes: list[int], config: Mapping[str, Any], timeout: f
         if client_id in found:
             issues.append(f"nodes {found[client_id][0]} and {node} both serve client {client_id}")
         found[client_id] = (node, int(client["num-examples"]))
-    answered = {reply.metadata.src_node_id for reply in replies}
     issues += [f"node {node} did not answer within {timeout:.0f} s" for node in nodes if node not in answered]
     if issues:
         raise ConfigError("the Flower handshake failed:\n  " + "\n  ".join(issues))
@@ -125,6 +142,7 @@ class FlowerCLI(FedBiOTCLI):
     """``train.py fit`` whose federated loop reaches its clients through Flower (set :attr:`grid`, :attr:`options`)."""
 
     grid: Any = None
+    context: Any = None
     options: FlowerOptions | None = None
 
     @override
@@ -172,9 +190,30 @@ class FlowerCLI(FedBiOTCLI):
                               f"clients 0..{expected - 1}, one node each.")
         log.info("Flower nodes: %s", {client: node for client, (node, _) in sorted(found.items())})
         trained = list(views.lora_parameters(loop.algorithm.upload_part()))
+        secagg = None
+        if options.secagg is not None:
+            secagg = secagg_settings(options.secagg, [size for _, size in found.values()],
+                                     loop.round_settings.weighting, loop.clients_per_round)
         transport = FlowerTransport(self.grid, {c: n for c, (n, _) in found.items()}, loop.ledger, trained, config,
-                                    options.round_timeout)
+                                    options.round_timeout, secagg, self.context)
         return transport, RemoteClientData({client: size for client, (_, size) in found.items()})
+
+
+def secagg_settings(given: dict[str, Any], sizes: list[int], weighting: str, per_round: Any) -> Any:
+    """The run's SecAgg+ settings: ``given``, ``max_weight`` the largest client weight (``ConfigError``: bad ones)."""
+    from fedbiot_pl.federation.sampling import clients_per_round
+    from fedbiot_pl.privacy.secagg import SecAggSettings
+
+    weights = [1] * len(sizes) if weighting == "uniform" else list(sizes)
+    try:
+        settings = SecAggSettings(**{"max_weight": float(max(weights)), **given})
+    except TypeError as error:
+        raise ConfigError(f"secagg: {error}; the fields are those of fedbiot_pl.privacy.secagg.SecAggSettings.") \
+            from error
+    issues = settings.issues(clients_per_round(len(sizes), per_round), weights)
+    if issues:
+        raise ConfigError("secagg settings cannot work:\n  " + "\n  ".join(issues))
+    return settings
 
 
 def check_client_model(views: Any, settings: Any, folder: str) -> None:
@@ -194,15 +233,20 @@ def check_client_model(views: Any, settings: Any, folder: str) -> None:
                           "again with this run's config (`fedbiot-flower-export`).")
 
 
-def run(grid: Any, run_config: Mapping[str, Any]) -> None:
-    """Run ``train.py fit`` with the run config's ``args`` over ``grid``."""
+def run(grid: Any, run_config: Mapping[str, Any], context: Any = None) -> None:
+    """Run ``train.py fit`` with the run config's ``args`` over ``grid`` (``context``: the ServerApp's)."""
     options = FlowerOptions.of(run_config)
     args = json.loads(str(run_config.get("args") or "[]"))
     if not isinstance(args, list) or (args and args[0] != "fit"):
         raise ConfigError(f"run config args must be a JSON list of `train.py fit` arguments, got {args!r}.")
     if run_config.get("workdir"):
         os.chdir(str(run_config["workdir"]))
-    cli_main(args or ["fit"], cli_class=type("BoundFlowerCLI", (FlowerCLI,), {"grid": grid, "options": options}))
+    bound = {"grid": grid, "options": options, "context": context}
+    argv, sys.argv = sys.argv, sys.argv[:1]  # flwr-serverapp's own arguments (its token) stay out of the run log
+    try:
+        cli_main(args or ["fit"], cli_class=type("BoundFlowerCLI", (FlowerCLI,), bound))
+    finally:
+        sys.argv = argv
 
 
 def _app() -> Any:
@@ -212,7 +256,7 @@ def _app() -> Any:
 
     @app.main()
     def _main(grid: Any, context: Any) -> None:
-        run(grid, context.run_config)
+        run(grid, context.run_config, context)
 
     return app
 

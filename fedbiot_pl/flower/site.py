@@ -29,6 +29,7 @@ def client_settings(loop: Any, trainer: Any) -> str:
         "optim": asdict(loop.client_optim),
         "fit": asdict(loop.client_fit),
         "seed": loop.seed,
+        "weighting": loop.round_settings.weighting,
         "precision": str(trainer.precision),
         "data": data,
     }, default=str, sort_keys=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -28,6 +29,33 @@ from fedbiot_pl.federation.transport import ClientFn, ClientReply
 from fedbiot_pl.flower.wire import TRAIN, content_bytes, reply_from_content, train_content
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SecureOutcome:
+    """A secure round as the server sees it: the weighted mean (message bytes), its total weight, losses, drops."""
+
+    payload: bytes
+    weight: float
+    losses: dict[int, float]
+    dropped: dict[int, str]
+
+
+class _CountingGrid:
+    """Passes messages through to a ``Grid`` and counts the bytes of their records both ways."""
+
+    def __init__(self, grid: Any) -> None:
+        self.grid, self.down, self.up = grid, 0, 0
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        messages = list(messages)
+        self.down += sum(content_bytes(m.content) for m in messages if m.has_content())
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.up += sum(content_bytes(r.content) for r in replies if not r.has_error())
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
 
 
 def flower_issues(algorithm: Any) -> list[str]:
@@ -57,22 +85,68 @@ class FlowerTransport:
         trained_keys: the LoRA keys the clients train and upload (sent as the message's arrays).
         config: the round-independent settings every train message carries (client settings, model sha256).
         timeout: seconds to wait for the replies of one attempt (``None``: Flower's message lifetime).
+        secagg: Flower's SecAgg+ (:class:`~fedbiot_pl.privacy.secagg.SecAggSettings`): the server receives only the
+            weighted mean of the uploads (:meth:`secure_exchange`); ``None``: plain uploads.
+        context: the ServerApp's ``Context`` (SecAgg+ needs its run id).
     """
 
     def __init__(self, grid: Any, node_of: Mapping[int, int], ledger: CommLedger, trained_keys: Sequence[str],
-                 config: Mapping[str, Any], timeout: float | None = None) -> None:
+                 config: Mapping[str, Any], timeout: float | None = None, secagg: Any = None,
+                 context: Any = None) -> None:
+        self.secagg, self.context = secagg, context
         self.grid, self.node_of, self.ledger = grid, dict(node_of), ledger
         self.trained_keys, self.config, self.timeout = list(trained_keys), dict(config), timeout
         self._held: dict[str, Tensor] = {}
         self.timings: list[dict[str, float]] = []  # per reply: round, attempt, client, startup and fit seconds
 
+    @property
+    def aggregates(self) -> bool:
+        """Whether the clients' uploads arrive only as their secure sum (:meth:`secure_exchange`)."""
+        return self.secagg is not None
+
+    def _round_of(self, client_fn: ClientFn) -> tuple[int, int]:
+        round_idx, attempt = getattr(client_fn, "round_idx", None), getattr(client_fn, "attempt", 0)
+        if round_idx is None:
+            raise ConfigError("the Flower transport needs the round of a client call (a ClientCall).")
+        return int(round_idx), int(attempt)
+
+    def secure_exchange(self, clients: Sequence[int], broadcast: bytes, client_fn: ClientFn) -> SecureOutcome:
+        """One SecAgg+ round over the sampled clients: the weighted mean of their uploads, their losses, the drops."""
+        from fedbiot_pl.federation.messages import KIND_KEY, encode_update
+        from fedbiot_pl.privacy.secagg import SecAggHalted, secagg_fit_round
+
+        round_idx, attempt = self._round_of(client_fn)
+        self._held.update(decode_update(broadcast))
+        metadata = payload_metadata(broadcast)
+        trained = {key: value for key, value in self._held.items() if key in set(self.trained_keys)}
+        rest = {key: value for key, value in self._held.items() if key not in trained}
+        config = {**self.config, "server-round": round_idx, "attempt": attempt, "held": encode_update(rest, metadata)}
+        client_of = {self.node_of[c]: c for c in clients if c in self.node_of}
+        dropped = {c: f"no Flower node serves client {c}" for c in clients if c not in self.node_of}
+        counting = _CountingGrid(self.grid)
+        try:
+            result = secagg_fit_round(counting, self.context, list(client_of), trained, config, round_idx,
+                                      self.secagg)
+        except SecAggHalted as error:
+            self.ledger.record_wire(down=counting.down, up=counting.up)
+            return SecureOutcome(b"", 0.0, {}, {**dropped, **{c: str(error) for c in client_of.values()}})
+        self.ledger.record_wire(down=counting.down, up=counting.up)
+        reason = "; ".join(dict.fromkeys(result.failures)) or "no reply"
+        dropped.update({client_of[node]: f"SecAgg+: {reason}" for node in result.dropped})
+        losses = {client_of[node]: float(metrics.get("train-loss", math.nan))
+                  for node, metrics in result.metrics.items()}
+        weight = float(sum(result.num_examples.values()))
+        for node, metrics in result.metrics.items():
+            self.timings.append({"round": round_idx, "attempt": attempt, "client": client_of[node],
+                                 **{k: float(v) for k, v in metrics.items() if k.endswith("-seconds")}})
+        return SecureOutcome(encode_update(result.mean, {KIND_KEY: metadata.get(KIND_KEY, "lora")}), weight, losses,
+                             dropped)
+
     def exchange(self, clients: Sequence[int], broadcast: bytes, client_fn: ClientFn) -> list[ClientReply]:
         """Every sampled client's reply, in the order of ``clients`` (``client_fn`` names the round and attempt)."""
         from flwr.app import Message
 
-        round_idx, attempt = getattr(client_fn, "round_idx", None), getattr(client_fn, "attempt", 0)
-        if round_idx is None:
-            raise ConfigError("the Flower transport needs the round of a client call (a ClientCall).")
+        round_idx, attempt = self._round_of(client_fn)
         self._held.update(decode_update(broadcast))
         metadata = payload_metadata(broadcast)
         replies: dict[int, ClientReply] = {}
@@ -88,10 +162,14 @@ class FlowerTransport:
             messages.append(Message(content=content, dst_node_id=node, message_type=TRAIN))
             client_of[node] = client
         up = 0
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout) if messages else ():
-            client = client_of.get(reply.metadata.src_node_id)
+        received = list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+        # by message id: a node that died answers through the SuperLink ("Node Unavailable"), not as itself
+        client_of_message = {m.metadata.message_id: client_of[m.metadata.dst_node_id] for m in messages}
+        for reply in received:
+            client = client_of_message.get(reply.metadata.reply_to_message_id)
             if client is None or client in replies:
-                log.warning("ignoring a reply from node %s (no client of this attempt)", reply.metadata.src_node_id)
+                log.warning("ignoring a reply to message %s (no client of this attempt)",
+                            reply.metadata.reply_to_message_id)
                 continue
             if reply.has_error():
                 replies[client] = ClientReply(client, math.nan, b"", f"the node answered with an error: "
@@ -105,6 +183,7 @@ class FlowerTransport:
                                      **{key: float(value) for key, value in timings.items()}})
         for client in clients:
             if client not in replies:
-                replies[client] = ClientReply(client, math.nan, b"", f"no reply within {self.timeout} s")
+                wait = f"within {self.timeout:g} s" if self.timeout else "before Flower gave up on the message"
+                replies[client] = ClientReply(client, math.nan, b"", f"no reply {wait}")
         self.ledger.record_wire(down=down, up=up)
         return [replies[client] for client in clients]

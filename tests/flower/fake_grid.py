@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from types import SimpleNamespace
 
 import torch
@@ -31,6 +32,7 @@ class FakeGrid:
 
         replies = []
         for message in messages:
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # what pushing a message sets (private API)
             node = message.metadata.dst_node_id
             self.sent.append((node, message.metadata.message_type))
             config = self.node_configs[node]
@@ -38,7 +40,7 @@ class FakeGrid:
                 try:
                     content = RecordDict({"client": ConfigRecord(client_app.describe(message.content, config))})
                 except Exception as error:  # Flower answers a handler's exception with an error reply
-                    replies.append(SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=None,
+                    replies.append(SimpleNamespace(metadata=self._meta(node, message), content=None,
                                                    error=SimpleNamespace(reason=str(error)), has_error=lambda: True))
                     continue
             else:
@@ -50,6 +52,10 @@ class FakeGrid:
                 if node in self.corrupt and "arrays" in content:
                     for array in content["arrays"].values():
                         array.data = b"\x93NUMPY garbage"
-            replies.append(SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=content,
+            replies.append(SimpleNamespace(metadata=self._meta(node, message), content=content,
                                            has_error=lambda: False))
         return replies
+
+    @staticmethod
+    def _meta(node, message):
+        return SimpleNamespace(src_node_id=node, reply_to_message_id=message.metadata.message_id)

@@ -93,7 +93,8 @@ class InProcessGrid:
             incoming = Message(
                 copy.deepcopy(message.content), meta.dst_node_id, meta.message_type, group_id=meta.group_id
             )
-            incoming.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            message_id = uuid.uuid4().hex  # what pushing a message sets on it, in place (private API)
+            message.metadata.__dict__["_message_id"] = incoming.metadata.__dict__["_message_id"] = message_id
             self.sent.append((meta.dst_node_id, meta.message_type))
             try:
                 reply = self.app(incoming, self.contexts[meta.dst_node_id])

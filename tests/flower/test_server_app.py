@@ -106,3 +106,34 @@ def test_algorithms_without_a_lora_exchange_are_refused_before_any_weight_loads(
     with pytest.raises(SystemExit):
         server_app.run(grid, {"args": json.dumps(argv), "model-dir": str(tmp_path / "cm")})
     assert "'splitfed_lora' does not run over Flower yet" in capsys.readouterr().err
+
+
+def test_secagg_round_gives_the_in_process_mean_within_the_quantisation_bound(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from fedbiot_pl.flower.client_app import app as client_app
+    from fedbiot_pl.privacy.secagg import SecAggSettings
+    from tests.flower.test_secagg import InProcessGrid
+
+    args = args_of("fedavg_lora", "--federated.rounds", "1")
+    save = "--trainer.logger.init_args.save_dir"
+    main(["fit", "--config", str(DEFAULT_CONFIG), *args, save, str(tmp_path / "ip")])
+    export(tmp_path / "client_model", args)
+    grid = InProcessGrid(client_app, {10 + i: {"client-id": i, "model-dir": str(tmp_path / "client_model")}
+                                      for i in range(3)})
+    argv = ["fit", "--config", str(DEFAULT_CONFIG), *args, save, str(tmp_path / "fl")]
+    server_app.run(grid, {"args": json.dumps(argv), "model-dir": str(tmp_path / "client_model"), "min-nodes": 3,
+                          "secagg": "{}"}, Context(1, 0, {}, RecordDict(), {}))
+    name = "fedbiot/version_0/final_adapter/compressed_lora.safetensors"
+    secure, plain = load_file(tmp_path / "fl" / name), load_file(tmp_path / "ip" / name)
+    summary = json.loads((tmp_path / "fl" / "fedbiot/version_0/final_adapter/federated_summary.json").read_text())
+    (entry,) = summary["rounds"]
+    assert entry["accepted"] == [0, 1, 2] and entry["faults"] == []
+    # 4 SecAgg+ stages per client (setup, keys, masked vectors, unmask) after the 3 handshakes
+    assert sum(kind == "train" for _, kind in grid.sent) == 12
+    # k (2c/Q) / sum of weights, the largest weight being 1 (SecAggSettings.error_bound); c = 8, Q = 2**22
+    bound = SecAggSettings(max_weight=1.0).error_bound([1])
+    assert bound == pytest.approx(2 * 8.0 / 2**22)
+    error = max(float((secure[k].double() - plain[k].double()).abs().max()) for k in plain)
+    assert 0 < error <= 3 * bound, error  # stochastic rounding: never bit-equal, always within the bound
+    assert summary["ledger"]["wire_bytes_up"] > 2 * summary["ledger"]["bytes_up"]  # masked int64 + 4 stages
