@@ -10,7 +10,7 @@ one SuperNode per client on 127.0.0.1 (each its own process group), runs the app
 Options of its own (before or after the fit arguments):
 ``--flower-tls`` (self-signed TLS and node authentication), ``--flower-workdir DIR`` (the engine's
 logs, keys and client model; default ``runs/flower-local/<time>``), ``--flower-round-timeout S``,
-``--flower-timeout S`` (the whole run).
+``--flower-timeout S`` (the whole run), ``--flower-secagg JSON`` (Flower's SecAgg+; ``'{}'`` = defaults).
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--flower-round-timeout", type=float, default=0.0,
                         help="seconds for the replies of one attempt at a round (0: no limit)")
     parser.add_argument("--flower-timeout", type=float, default=3600.0, help="seconds for the whole run")
+    parser.add_argument("--flower-secagg", default="", metavar="JSON",
+                        help='Flower SecAgg+: "{}" for the defaults, or a JSON object of SecAggSettings fields')
     return parser
 
 
 def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeout: float = 0.0,
-              timeout: float = 3600.0) -> tuple[str, str]:
+              timeout: float = 3600.0, secagg: str = "") -> tuple[str, str]:
     """Run ``train.py fit`` with ``fit_args`` on a local Flower deployment; ``(final status, server log)``."""
     from fedbiot_pl.cli import read_config, with_default_config
     from fedbiot_pl.flower.engine import LocalEngine, NodeSpec
@@ -57,7 +59,7 @@ def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeo
         export_for_args(fit_args, model_dir)
     nodes = [NodeSpec({"client-id": client, "model-dir": str(model_dir)}) for client in range(num_clients)]
     run_config = {"args": json.dumps(argv), "workdir": os.getcwd(), "model-dir": str(model_dir),
-                  "min-nodes": num_clients, "round-timeout": round_timeout}
+                  "min-nodes": num_clients, "round-timeout": round_timeout, "secagg": secagg}
     with LocalEngine(workdir / "engine", nodes, tls=tls, auth=tls) as engine:
         engine.start()
         print(f"SuperLink {engine.address} and {num_clients} SuperNodes up (pids {engine.pids})", file=sys.stderr)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(known.flower_workdir or Path("runs") / "flower-local" / time.strftime("%Y%m%d-%H%M%S"))
     try:
         status, logs = run_local(fit_args, workdir.resolve(), known.flower_tls, known.flower_round_timeout,
-                                 known.flower_timeout)
+                                 known.flower_timeout, known.flower_secagg)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -48,3 +48,30 @@ def test_tls_and_node_auth_run_equals_train_py_and_an_unregistered_node_is_refus
     for pid in pids:  # every engine process is gone
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.e2e
+def test_secagg_on_loopback_is_the_in_process_mean_within_the_quantisation_bound(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = [*ARGS[:ARGS.index("--data.num_clients")], "--data.num_clients", "3",
+            *ARGS[ARGS.index("--data.num_clients") + 2:]]
+    model_dir = tmp_path / "client_model"
+    export(model_dir, args)
+    argv = ["fit", "--config", str(DEFAULT_CONFIG), *args]
+    main([*argv, "--trainer.logger.init_args.save_dir", str(tmp_path / "ip")])
+    nodes = [NodeSpec({"client-id": i, "model-dir": str(model_dir)}) for i in range(3)]
+    run_config = {"args": json.dumps([*argv, "--trainer.logger.init_args.save_dir", str(tmp_path / "fl")]),
+                  "workdir": str(tmp_path), "model-dir": str(model_dir), "min-nodes": 3, "secagg": "{}"}
+    with LocalEngine(tmp_path / "engine", nodes) as engine:
+        engine.start()
+        run_id = engine.submit(APP_DIR, run_config)
+        status = engine.wait(run_id, timeout=1200)
+        logs = engine.logs(run_id)
+    assert status == "finished:completed", logs[-4000:]
+    secure, plain = load_file(tmp_path / "fl" / ADAPTER), load_file(tmp_path / "ip" / ADAPTER)
+    error = max(float((secure[k].double() - plain[k].double()).abs().max()) for k in plain)
+    assert 0 < error <= 3 * 2 * 8.0 / 2**22, error  # k (2c/Q) / sum of weights (the largest weight is 1)
+    assert all(torch.isfinite(t).all() for t in secure.values())

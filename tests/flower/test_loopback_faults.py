@@ -154,7 +154,7 @@ def test_supernode_killed_mid_round_drops_its_client(tmp_path, client_model, mon
     (entry,) = summary["rounds"]
     assert entry["clients"] == [0, 1, 2] and entry["accepted"] == [0, 1], (entry, logs)
     assert [(e["client"], e["outcome"]) for e in entry["faults"]] == [(2, "dropped")], (entry, logs)
-    assert re.search(r"no reply within|error|unavailable", entry["faults"][0]["reason"], re.IGNORECASE), entry
+    assert "Node Unavailable" in entry["faults"][0]["reason"], entry  # the SuperLink answers for the dead node
 
     # In process, client 2's fit fails in round 0: the same round, the same adapter.
     faults([{"point": "client_fit", "client": 2, "round": 0, "action": "raise"}])
