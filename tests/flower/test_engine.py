@@ -51,6 +51,7 @@ def test_config_arg_round_trips_through_flowers_parser(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # the engine with a toy app; test_loopback.py runs it with ours in the default run
 @pytest.mark.flower
 def test_insecure_run_then_kill_node_and_stop_leave_nothing(tmp_path):
     nodes = [NodeSpec({"client-id": 1}), NodeSpec({"client-id": 2})]
@@ -80,6 +81,7 @@ def test_insecure_run_then_kill_node_and_stop_leave_nothing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.flower
 def test_tls_and_node_auth_refuse_an_unregistered_node(tmp_path):
     nodes = [NodeSpec({"client-id": 1}), NodeSpec({"client-id": 2}),

@@ -267,6 +267,7 @@ def train(message, context):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(420)
 def test_one_secure_round_on_the_real_engine(tmp_path, monkeypatch):
     from fedbiot_pl.flower.engine import LocalEngine, NodeSpec
