@@ -75,3 +75,27 @@ def test_secagg_on_loopback_is_the_in_process_mean_within_the_quantisation_bound
     error = max(float((secure[k].double() - plain[k].double()).abs().max()) for k in plain)
     assert 0 < error <= 3 * 2 * 8.0 / 2**22, error  # k (2c/Q) / sum of weights (the largest weight is 1)
     assert all(torch.isfinite(t).all() for t in secure.values())
+
+
+@pytest.mark.e2e
+def test_flower_local_runner_writes_train_py_fits_run_folder_bit_for_bit(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["--federated.rounds", "2", "--federated.pre_alignment_rounds", "1", "--federated.local_steps", "2",
+            "--federated.align_steps", "2", "--data.max_task_examples", "60", "--data.max_public_examples", "40",
+            "--trainer.enable_progress_bar", "false", "--federated.plot_training", "false"]  # fedbiot, 3 clients
+    (tmp_path / "flower").mkdir()
+    done = subprocess.run([sys.executable, "-m", "fedbiot_pl.flower.local", "--flower-workdir", str(tmp_path / "w"),
+                           *args], cwd=tmp_path / "flower", capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (tmp_path / "ip").mkdir()
+    monkeypatch.chdir(tmp_path / "ip")
+    main(["fit", *args])
+    run = "runs/fedbiot/version_0"
+    assert (tmp_path / "flower" / run / "final_adapter/compressed_lora.safetensors").read_bytes() == \
+        (tmp_path / "ip" / run / "final_adapter/compressed_lora.safetensors").read_bytes()
+    for name in ("metrics.csv", "config.yaml", "final_adapter/adapfu/adapter_model.safetensors", "flower_timings.json"):
+        assert (tmp_path / "flower" / run / name).is_file(), name
+    assert (tmp_path / "w" / "server.log").is_file() and "SuperLink" in done.stderr
