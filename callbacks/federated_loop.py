@@ -40,22 +40,32 @@ log = logging.getLogger(__name__)
 CLIENT_API = ("num_clients", "client_dataloader", "client_num_examples")
 
 
-def privacy_spent(dp: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Local DP spent per client: one release per round it was sampled in.
+def privacy_spent(dp: Any, releases: dict[int, int]) -> dict[str, Any]:
+    """Local DP spent per client over its ``releases`` (uploads it sent, every attempt of every round counted).
 
-    A retried round's earlier attempts are not in the history: with ``on_too_few: retry`` a client may
-    have released once more per retry.
+    The total delta is ``releases x delta`` while that is below 1, else the per-release delta (zCDP then).
     """
     from dataclasses import asdict
 
     from fedbiot_pl.privacy import compose
 
-    releases: dict[int, int] = {}
-    for entry in history:
-        for client in entry.get("clients", []):
-            releases[client] = releases.get(client, 0) + 1
+    def spent(count: int) -> dict[str, Any]:
+        target = count * dp.delta if count * dp.delta < 1 else dp.delta
+        return asdict(compose(dp, count, delta_total=target))
+
     return {"mechanism": {**asdict(dp), "sigma": dp.sigma, "sensitivity": dp.sensitivity},
-            "per_client": {str(client): asdict(compose(dp, count)) for client, count in sorted(releases.items())}}
+            "per_client": {str(client): spent(count) for client, count in sorted(releases.items())}}
+
+
+def released_uploads(attempts: list[Any]) -> dict[int, int]:
+    """Uploads each client sent in a round's ``attempts``: every sampled client that was not dropped."""
+    counts: dict[int, int] = {}
+    for attempt in attempts:
+        dropped = {event["client"] for event in attempt.events if event["outcome"] == "dropped"}
+        for client in attempt.clients:
+            if client not in dropped:
+                counts[client] = counts.get(client, 0) + 1
+    return counts
 
 
 def round_due(trainer: pl.Trainer, every_n_rounds: int) -> tuple[FederatedLoop | None, int | None]:
@@ -215,6 +225,9 @@ class FederatedLoop(Callback):
             if self.algorithm is not None and self.algorithm.family != "params":
                 issues.append(f"local_dp noises LoRA uploads; algorithm {self.algorithm.label!r} shares "
                               f"{self.algorithm.family} updates: set local_dp to null.")
+            elif self.algorithm is not None and type(self.algorithm).groups is not Algorithm.groups:
+                issues.append(f"local_dp counts one upload per client and attempt; algorithm "
+                              f"{self.algorithm.label!r} uploads once per intra-group round: set local_dp to null.")
         if issues:
             raise ConfigError("Invalid FederatedLoop settings:\n  " + "\n  ".join(issues))
         self.rounds, self.pre_alignment_rounds, self.align_steps = rounds, pre_alignment_rounds, align_steps
@@ -234,6 +247,7 @@ class FederatedLoop(Callback):
         # How the rounds reach the clients: ``None`` = in this process; a deployment (Flower's ServerApp)
         # sets ``factory(loop, trainer, pl_module) -> (transport, client data)`` before the fit.
         self.transport_factory: Callable[..., tuple[Any, Any]] | None = None
+        self._releases: dict[int, int] = {}  # uploads each client sent (local DP's accounting)
 
     @property
     def algorithm_name(self) -> str:
@@ -387,6 +401,8 @@ class FederatedLoop(Callback):
             result = self.runner.run_round(round_idx)
         self._round_metrics = result.metrics
         self.history.append(result.entry)
+        for client, count in released_uploads(result.attempts).items():
+            self._releases[client] = self._releases.get(client, 0) + count
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -427,7 +443,7 @@ class FederatedLoop(Callback):
             export_personal_adapters(pl_module.split, self.algorithm.personal_states(), out / "clients")
         summary = {"ledger": self.ledger.state_dict(), "faults": fault_totals(self.history), "rounds": self.history}
         if self.client_fit.local_dp is not None:
-            summary["privacy"] = privacy_spent(self.client_fit.local_dp, self.history)
+            summary["privacy"] = privacy_spent(self.client_fit.local_dp, self._releases)
         write_text_atomic(out / "federated_summary.json", json.dumps(summary, indent=2))
         log.info("final adapters written to %s", out)
 
@@ -448,6 +464,7 @@ class FederatedLoop(Callback):
             **({"algorithm": state} if (state := self.algorithm.state_dict()) else {}),
             **({"server_optimizer": self.server_optimizer.state_dict()} if self.server_optimizer is not None else {}),
             **({"fleet": self.runner.fleet.state_dict()} if self.runner is not None and self.runner.fleet else {}),
+            **({"releases": dict(self._releases)} if self._releases else {}),
         }
 
     @override
@@ -459,6 +476,7 @@ class FederatedLoop(Callback):
         if "algorithm" in state_dict:
             self.algorithm.load_state_dict(state_dict["algorithm"])
         self._fleet_state = state_dict.get("fleet")
+        self._releases = {int(client): int(count) for client, count in state_dict.get("releases", {}).items()}
         if (self._fleet_state is None) != (self.fleet is None) and self._completed_epoch is not None:
             log.warning("resuming %s a simulated fleet, but the checkpoint's run was %s one: sim/seconds %s.",
                         "with" if self.fleet is not None else "without", "without" if self.fleet else "with",

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import random
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -297,7 +298,7 @@ def test_replicate_small_tiny_run(tmp_path, monkeypatch):
 def test_every_script_has_a_smoke_test():
     tested = {"round_overhead", "generation_throughput", "tokenize_gsm8k", "humaneval_sandbox", "gpu_round",
               "compare_algorithms", "replicate_small", "kd_loss", "kd_heterogeneous", "compare_frameworks",
-              "hierfedlora"}
+              "hierfedlora", "flower_startup"}
     assert {p.stem for p in (ROOT / "benchmarks").glob("*.py")} == tested
 
 
@@ -454,3 +455,28 @@ def test_hierfedlora_one_quick_run_of_two_variants(tmp_path, monkeypatch):
     again = {row["variant"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
     assert {k: (r["wall_s"], r["final_loss"]) for k, r in again.items()} == {
         k: (r["wall_s"], r["final_loss"]) for k, r in rows.items()}
+
+
+# ------------------------------------------------------------------------------ flower_startup.py
+@pytest.mark.slow
+def test_flower_startup_measures_every_item(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "flower_startup.py"), "--repeats", "1",
+                           "--workdir", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["model"] == "embedded:models/stories260K" and results["repeats"] == 1
+    median = results["median"]
+    assert set(median) == {"import", "mmap_load", "copy_load", "views"}
+    for item, figures in median.items():
+        assert finite_positive(figures["seconds"]) and finite_positive(figures["process_seconds"]), (item, figures)
+        assert len(results["runs"][item]) == 1
+    for item in ("mmap_load", "copy_load", "views"):
+        assert finite_positive(median[item]["rss_mb"]), (item, median[item])
+    for item in ("mmap_load", "copy_load"):
+        assert finite_positive(median[item]["rss_touched_mb"]), (item, median[item])
+    assert finite_positive(results["model_file_mb"]) and finite_positive(results["export_seconds"])
+    ratio = results["ratio_copy_over_mmap"]
+    assert finite_positive(ratio["seconds"]) and finite_positive(ratio["rss"])
+    assert (tmp_path / "work" / "client_model_stories260K_fedbiot" / "manifest.sha256").is_file()

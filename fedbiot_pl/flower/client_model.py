@@ -57,6 +57,7 @@ class ClientModelSettings:
     dtype: str
     attn_implementation: str
     gradient_checkpointing: bool = False
+    layers: list[int] | None = None  # the full model's index of each layer (the layout's compressed layers)
 
 
 def export_client_model(views: Any, tokenizer: Any, out: str | Path) -> str:
@@ -68,9 +69,9 @@ def export_client_model(views: Any, tokenizer: Any, out: str | Path) -> str:
     from fedbiot_pl.model.assembly import assemble, decoder_of, share_copy
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; give a new folder for the client model (nothing is "
-                          "overwritten).")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists (a file, or a folder that is not empty); give a new folder for the client "
+                          "model (nothing is overwritten).")
     layout = views.layout
     full_layers = decoder_of(views.full).layers
     layers = []
@@ -88,7 +89,7 @@ def export_client_model(views: Any, tokenizer: Any, out: str | Path) -> str:
         bottom_adapter_layers=len(layout.bottom_adapter), top_adapter_layers=len(layout.top_adapter),
         lora_r=views.lora_r, lora_alpha=views.lora_alpha, lora_dropout=views.lora_dropout,
         lora_targets=list(views.lora_targets), dtype=views.dtype_name, attn_implementation=views.attn_implementation,
-        gradient_checkpointing=views.gradient_checkpointing)
+        gradient_checkpointing=views.gradient_checkpointing, layers=list(layout.compressed))
     (partial / SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
     digest = write_manifest(partial)
     if out.exists():

@@ -32,8 +32,9 @@ def export_for_args(args: list[str], out: str | Path) -> str:
     issues = flower_issues(views.algorithm)
     if issues:
         raise ConfigError("; ".join(issues))
-    if Path(out).exists() and any(Path(out).iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; give a new folder for the client model.")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ConfigError(f"{out} exists (a file, or a folder that is not empty); give a new folder for the client "
+                          "model.")
     from fedbiot_pl.flower.client_model import export_client_model
 
     with no_library_progress_bars():

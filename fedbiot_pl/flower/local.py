@@ -40,6 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def engine_issues() -> list[str]:
+    """What this machine lacks to run Flower's engine (empty: nothing)."""
+    import importlib.util
+    import shutil
+
+    if sys.version_info < (3, 11):
+        return [f"Flower 1.41 needs Python >= 3.11 (this is {sys.version.split()[0]}): use a newer Python for the "
+                "Flower deployment; `python train.py fit` runs the same rounds in one process."]
+    if importlib.util.find_spec("flwr") is None or shutil.which("flower-superlink") is None:
+        return ["flwr is not installed: pip install 'fedbiot-pl[flower]'"]
+    return []
+
+
 def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeout: float = 0.0,
               timeout: float = 3600.0, secagg: str = "") -> tuple[str, str]:
     """Run ``train.py fit`` with ``fit_args`` on a local Flower deployment; ``(final status, server log)``."""
@@ -47,6 +60,18 @@ def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeo
     from fedbiot_pl.flower.engine import LocalEngine, NodeSpec
     from fedbiot_pl.flower.export import export_for_args
 
+    issues = engine_issues()
+    if secagg.strip():
+        from fedbiot_pl.flower.server_app import secagg_issues
+
+        try:
+            given = json.loads(secagg)
+            issues += [f"--flower-secagg: {issue}" for issue in secagg_issues(given)] if isinstance(given, dict) \
+                else [f"--flower-secagg must be a JSON object (or '{{}}'), got {secagg!r}"]
+        except ValueError as error:
+            issues.append(f"--flower-secagg must be a JSON object (or '{{}}'), got {secagg!r} ({error})")
+    if issues:
+        raise ConfigError("; ".join(issues))
     argv = with_default_config(["fit", *fit_args])
     files = [argv[i + 1] for i, arg in enumerate(argv) if arg in ("--config", "-c")]
     overrides = [arg for i, arg in enumerate(argv[1:], start=1)
@@ -64,7 +89,10 @@ def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeo
         engine.start()
         print(f"SuperLink {engine.address} and {num_clients} SuperNodes up (pids {engine.pids})", file=sys.stderr)
         run_id = engine.submit(APP_DIR, run_config)
-        status = engine.wait(run_id, timeout=timeout)
+        try:
+            status = engine.wait(run_id, timeout=timeout)
+        except TimeoutError:
+            status = f"not finished after {timeout:g} s (--flower-timeout)"
         logs = engine.logs(run_id)
     (workdir / "server.log").write_text(logs)
     return status, logs
@@ -72,6 +100,8 @@ def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeo
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command: exit 0 when the run completed, 1 when it failed (its log tail printed), 2 on bad input."""
+    from fedbiot_pl.flower.processes import EngineError
+
     known, fit_args = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     if fit_args and fit_args[0] == "fit":
         fit_args = fit_args[1:]
@@ -82,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except EngineError as error:  # a Flower process or command failed: its log tail is in the message
+        print(f"error: {error}\nengine logs in {workdir}", file=sys.stderr)
+        return 1
     if status != "finished:completed":
         print(logs[-6000:], file=sys.stderr)
         print(f"error: the Flower run ended {status}; engine logs in {workdir}", file=sys.stderr)

@@ -64,6 +64,7 @@ class FlowerOptions:
                 secagg = json.loads(str(run_config["secagg"]))
                 if not isinstance(secagg, dict):
                     raise ValueError("not an object")
+                issues += [f"secagg: {issue}" for issue in secagg_issues(secagg)]
             except ValueError as error:
                 issues.append(f"secagg must be a JSON object of SecAgg+ settings (or \"{{}}\" for the defaults), got "
                               f"{run_config['secagg']!r} ({error})")
@@ -192,11 +193,22 @@ class FlowerCLI(FedBiOTCLI):
         trained = list(views.lora_parameters(loop.algorithm.upload_part()))
         secagg = None
         if options.secagg is not None:
-            secagg = secagg_settings(options.secagg, [size for _, size in found.values()],
-                                     loop.round_settings.weighting, loop.clients_per_round)
+            secagg = secagg_settings({"timeout": options.round_timeout, **options.secagg},
+                                     [size for _, size in found.values()], loop.round_settings.weighting,
+                                     loop.clients_per_round)
         transport = FlowerTransport(self.grid, {c: n for c, (n, _) in found.items()}, loop.ledger, trained, config,
-                                    options.round_timeout, secagg, self.context)
+                                    options.round_timeout, secagg, self.context, views.lora_state("all"))
         return transport, RemoteClientData({client: size for client, (_, size) in found.items()})
+
+
+def secagg_issues(given: dict[str, Any]) -> list[str]:
+    """What is wrong with SecAgg+ settings before the nodes are known (their number and weights are checked later)."""
+    from fedbiot_pl.privacy.secagg import SecAggSettings
+
+    try:
+        return SecAggSettings(**given).issues()
+    except TypeError as error:
+        return [f"{error}; the fields are those of fedbiot_pl.privacy.secagg.SecAggSettings"]
 
 
 def secagg_settings(given: dict[str, Any], sizes: list[int], weighting: str, per_round: Any) -> Any:
@@ -219,10 +231,12 @@ def secagg_settings(given: dict[str, Any], sizes: list[int], weighting: str, per
 def check_client_model(views: Any, settings: Any, folder: str) -> None:
     """The exported client model must be the one these views' clients hold (``ConfigError`` naming the fix)."""
     layout = views.layout
-    mine = {"algorithm": views.algorithm_name, "num_layers": len(layout.compressed),
+    mine = {"algorithm": views.algorithm_name, "source_model": str(views.model_name),
+            "layers": list(layout.compressed), "num_layers": len(layout.compressed),
             "bottom_adapter_layers": len(layout.bottom_adapter), "top_adapter_layers": len(layout.top_adapter),
-            "lora_r": views.lora_r, "lora_alpha": views.lora_alpha, "lora_targets": list(views.lora_targets),
-            "dtype": views.dtype_name}
+            "lora_r": views.lora_r, "lora_alpha": views.lora_alpha, "lora_dropout": views.lora_dropout,
+            "lora_targets": list(views.lora_targets), "dtype": views.dtype_name,
+            "attn_implementation": views.attn_implementation}
     theirs = {key: getattr(settings, key) for key in mine}
     if theirs["algorithm"] != mine["algorithm"] and not views.algorithm.compresses():
         theirs["algorithm"] = mine["algorithm"]  # FedAvg-LoRA and FedProx share the full model
@@ -235,10 +249,18 @@ def check_client_model(views: Any, settings: Any, folder: str) -> None:
 
 def run(grid: Any, run_config: Mapping[str, Any], context: Any = None) -> None:
     """Run ``train.py fit`` with the run config's ``args`` over ``grid`` (``context``: the ServerApp's)."""
-    options = FlowerOptions.of(run_config)
-    args = json.loads(str(run_config.get("args") or "[]"))
-    if not isinstance(args, list) or (args and args[0] != "fit"):
-        raise ConfigError(f"run config args must be a JSON list of `train.py fit` arguments, got {args!r}.")
+    try:
+        options = FlowerOptions.of(run_config)
+        try:
+            args = json.loads(str(run_config.get("args") or "[]"))
+        except ValueError as error:
+            raise ConfigError(f"run config args must be a JSON list of `train.py fit` arguments, got "
+                              f"{run_config.get('args')!r} ({error}).") from error
+        if not isinstance(args, list) or (args and args[0] != "fit"):
+            raise ConfigError(f"run config args must be a JSON list of `train.py fit` arguments, got {args!r}.")
+    except ConfigError as error:  # as train.py does: the message, exit code 2, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     if run_config.get("workdir"):
         os.chdir(str(run_config["workdir"]))
     bound = {"grid": grid, "options": options, "context": context}

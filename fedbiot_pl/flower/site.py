@@ -114,9 +114,12 @@ def site_data(data_settings: dict[str, Any], node: NodeSettings) -> SiteData:
                               f"(data.num_clients); give this node client-id in [0, {num_clients - 1}].")
         datamodule = FederatedInstructionDataModule(**settings)
         local_id = node.client_id
-    else:  # one client: all rows of the site's file (the public loader is not used at a site)
-        settings.update(task=None, task_path=node.data_path, public=None, public_path=node.data_path,
-                        max_public_examples=1, num_clients=1, partition="iid", partition_key=None, exclude_keys=None)
+    else:  # one client: all rows of the site's file (also as the public data, which a site never uses)
+        task = settings.get("task")  # the server's reading of the task (format, fields, ...) on the site's file
+        source = {**task, "path": node.data_path} if isinstance(task, dict) else None
+        settings.update(task=source, task_path=None if source else node.data_path, public=source,
+                        public_path=None if source else node.data_path,
+                        max_public_examples=None, num_clients=1, partition="iid", partition_key=None, exclude_keys=None)
         datamodule = FederatedInstructionDataModule(**settings)
         local_id = 0
     datamodule.setup("fit")

@@ -88,15 +88,17 @@ class FlowerTransport:
         secagg: Flower's SecAgg+ (:class:`~fedbiot_pl.privacy.secagg.SecAggSettings`): the server receives only the
             weighted mean of the uploads (:meth:`secure_exchange`); ``None``: plain uploads.
         context: the ServerApp's ``Context`` (SecAgg+ needs its run id).
+        held: the LoRA the clients hold before the first broadcast (the server's: a resumed FedOT run's emulator
+            LoRA went down in round 0, before the checkpoint).
     """
 
     def __init__(self, grid: Any, node_of: Mapping[int, int], ledger: CommLedger, trained_keys: Sequence[str],
                  config: Mapping[str, Any], timeout: float | None = None, secagg: Any = None,
-                 context: Any = None) -> None:
+                 context: Any = None, held: Mapping[str, Tensor] | None = None) -> None:
         self.secagg, self.context = secagg, context
         self.grid, self.node_of, self.ledger = grid, dict(node_of), ledger
         self.trained_keys, self.config, self.timeout = list(trained_keys), dict(config), timeout
-        self._held: dict[str, Tensor] = {}
+        self._held: dict[str, Tensor] = dict(held or {})
         self.timings: list[dict[str, float]] = []  # per reply: round, attempt, client, startup and fit seconds
 
     @property

@@ -141,3 +141,16 @@ def test_secagg_round_gives_the_in_process_mean_within_the_quantisation_bound(tm
     error = max(float((secure[k].double() - plain[k].double()).abs().max()) for k in plain)
     assert 0 < error <= 3 * bound, error  # stochastic rounding: never bit-equal, always within the bound
     assert summary["ledger"]["wire_bytes_up"] > 2 * summary["ledger"]["bytes_up"]  # masked int64 + 4 stages
+
+
+def test_a_resumed_fedot_run_still_sends_round_0s_emulator_lora(tmp_path):
+    # FedOT broadcasts the (aligned) emulator LoRA in round 0 only; a server resumed after round 0 must still
+    # give it to every client: the resumed Flower run equals the uninterrupted in-process run bit for bit.
+    args = args_of("fedot")
+    save = "--trainer.logger.init_args.save_dir"
+    main(["fit", "--config", str(DEFAULT_CONFIG), *args, save, str(tmp_path / "ip")])
+    first = [arg if arg != "2" or args[i - 1] != "--federated.rounds" else "1" for i, arg in enumerate(args)]
+    run_flower(tmp_path, first)  # stops after round 0 (its last.ckpt)
+    run, _ = run_flower(tmp_path, [*args, "--ckpt_path", "last"])
+    name = "final_adapter/compressed_lora.safetensors"
+    assert (run / name).read_bytes() == (tmp_path / "ip" / "fedbiot" / "version_0" / name).read_bytes()
