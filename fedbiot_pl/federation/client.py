@@ -95,7 +95,6 @@ class LocalClients:
         self.fit, self.device, self.precision = fit, torch.device(device), precision
         self.seed, self.world_size = seed, world_size
         self.last_error: BaseException | None = None
-        self._received: dict[str, Any] | None = None  # the received LoRA of the upload part (local DP)
 
     def run(self, client_id: int, broadcast: bytes, round_idx: int, attempt: int = 0) -> ClientReply:
         """One client's part of a round: load ``broadcast``, fit, encode the upload.
@@ -106,17 +105,17 @@ class LocalClients:
         """
         self.algorithm.client_receive(self.views, broadcast, client_id, round_idx)
         # local DP: the change is clipped and noised against what the client received
-        self._received = self.algorithm.upload(self.views) if self.fit.local_dp is not None else None
+        received = self.algorithm.upload(self.views) if self.fit.local_dp is not None else None
         with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(client_seed(self.seed, round_idx, client_id))
-            return self._run(client_id, round_idx, attempt)
+            return self._run(client_id, round_idx, attempt, received)
 
     def _rng_devices(self) -> list[int]:
         if self.device.type != "cuda":
             return []
         return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
-    def _run(self, client_id: int, round_idx: int, attempt: int) -> ClientReply:
+    def _run(self, client_id: int, round_idx: int, attempt: int, received: dict[str, Any] | None) -> ClientReply:
         context = {"round": round_idx, "client": client_id, "attempt": attempt}
         try:
             hooks.fire("client_fit", **context)
@@ -124,8 +123,8 @@ class LocalClients:
             if not math.isfinite(loss):
                 return ClientReply(client_id, loss, b"", f"non-finite mean loss {loss}")
             message = self.algorithm.upload_message(self.views, client_id, round_idx)
-            if self.fit.local_dp is not None:
-                message = self._privatize(message)
+            if received is not None:
+                message = self._privatize(message, received)
             payload = message.encode()
             return ClientReply(client_id, loss, hooks.transform("upload", payload, **context))
         except ClientTimeout as error:
@@ -138,14 +137,14 @@ class LocalClients:
             for param in self.views.lora_parameters(self.algorithm.upload_part()).values():
                 param.grad = None
 
-    def _privatize(self, message: Any) -> Any:
+    def _privatize(self, message: Any, received: dict[str, Any]) -> Any:
         """The upload clipped and noised (:func:`~fedbiot_pl.privacy.privatize`) with noise the server cannot know."""
         import secrets
 
         from fedbiot_pl.privacy import privatize
 
         generator = torch.Generator().manual_seed(secrets.randbits(63))  # never the run's seed: the server knows it
-        released, report = privatize(message.tensors, self._received, self.fit.local_dp, generator)
+        released, report = privatize(message.tensors, received, self.fit.local_dp, generator)
         log.debug("local DP: update norm %.4g, clip factor %.3g, sigma %.4g", report.pre_clip_norm,
                   report.clip_factor, report.sigma)
         return type(message)(released, message.metadata)

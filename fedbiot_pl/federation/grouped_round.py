@@ -135,7 +135,7 @@ def _run_group(runner: Any, round_idx: int, attempt: int, group: GroupRound, glo
             message = LoRAState({key: state.get(key, global_state[key]) for key in sent})
             ledger.record_down(message.tensors, len(group.members))
             intra = RoundAttempt(attempt, list(group.members), reference={key: state[key].cpu() for key in trained})
-            client_fn = _client_fn(runner, client_round, attempt)
+            client_fn = ClientCall(runner.clients.run, client_round, attempt)
             for reply in runner.transport.exchange(list(group.members), message.encode(), client_fn):
                 receive(intra, reply, round_idx)
             result.events.extend(intra.events)
@@ -153,6 +153,3 @@ def _run_group(runner: Any, round_idx: int, attempt: int, group: GroupRound, glo
     result.losses.update(outcome.losses)
     return outcome
 
-
-def _client_fn(runner: Any, client_round: int, attempt: int) -> ClientCall:
-    return ClientCall(runner.clients.run, client_round, attempt)

@@ -93,17 +93,13 @@ def secure_train(message: Any, node_config: Any) -> Any:
     Raises:
         RuntimeError: the client could not fit (the server counts it as dropped, with this reason).
     """
-    from fedbiot_pl.federation.messages import decode_update, encode_update, payload_metadata
+    from fedbiot_pl.federation.messages import decode_update
+    from fedbiot_pl.flower.wire import join_held
     from fedbiot_pl.privacy.secagg import secagg_fit_reply, secagg_fit_request
 
     request = secagg_fit_request(message)
     config = {**request.config, "client-id": int(node_config.get("client-id", -1))}
-
-    def broadcast() -> bytes:
-        held = bytes(config["held"])
-        return encode_update({**decode_update(held), **request.arrays}, payload_metadata(held))
-
-    reply, timings, weight = fit_client(config, broadcast, node_config)
+    reply, timings, weight = fit_client(config, lambda: join_held(config["held"], request.arrays), node_config)
     if reply.dropped is not None:
         raise RuntimeError(reply.dropped)
     metrics = {"client-id": reply.client, "train-loss": float(reply.loss), **timings}

@@ -26,7 +26,7 @@ from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.federation.ledger import CommLedger
 from fedbiot_pl.federation.messages import decode_update, payload_metadata
 from fedbiot_pl.federation.transport import ClientFn, ClientReply
-from fedbiot_pl.flower.wire import TRAIN, content_bytes, reply_from_content, train_content
+from fedbiot_pl.flower.wire import TRAIN, CountingGrid, reply_from_content, split_held, train_content
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +39,6 @@ class SecureOutcome:
     weight: float
     losses: dict[int, float]
     dropped: dict[int, str]
-
-
-class _CountingGrid:
-    """Passes messages through to a ``Grid`` and counts the bytes of their records both ways."""
-
-    def __init__(self, grid: Any) -> None:
-        self.grid, self.down, self.up = grid, 0, 0
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
-        messages = list(messages)
-        self.down += sum(content_bytes(m.content) for m in messages if m.has_content())
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.up += sum(content_bytes(r.content) for r in replies if not r.has_error())
-        return replies
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.grid, name)
 
 
 def flower_issues(algorithm: Any) -> list[str]:
@@ -106,26 +89,30 @@ class FlowerTransport:
         """Whether the clients' uploads arrive only as their secure sum (:meth:`secure_exchange`)."""
         return self.secagg is not None
 
-    def _round_of(self, client_fn: ClientFn) -> tuple[int, int]:
+    def _begin(self, broadcast: bytes, client_fn: ClientFn) -> tuple[int, int, dict[str, str]]:
+        """The attempt's round and attempt number; the broadcast joins the held LoRA; its metadata."""
         round_idx, attempt = getattr(client_fn, "round_idx", None), getattr(client_fn, "attempt", 0)
         if round_idx is None:
             raise ConfigError("the Flower transport needs the round of a client call (a ClientCall).")
-        return int(round_idx), int(attempt)
+        self._held.update(decode_update(broadcast))
+        return int(round_idx), int(attempt), payload_metadata(broadcast)
+
+    def _nodes(self, clients: Sequence[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """``{node: client}`` of the sampled clients a node serves, and why the others are dropped."""
+        client_of = {self.node_of[client]: client for client in clients if client in self.node_of}
+        return client_of, {client: f"no Flower node serves client {client}" for client in clients
+                           if client not in self.node_of}
 
     def secure_exchange(self, clients: Sequence[int], broadcast: bytes, client_fn: ClientFn) -> SecureOutcome:
         """One SecAgg+ round over the sampled clients: the weighted mean of their uploads, their losses, the drops."""
         from fedbiot_pl.federation.messages import KIND_KEY, encode_update
         from fedbiot_pl.privacy.secagg import SecAggHalted, secagg_fit_round
 
-        round_idx, attempt = self._round_of(client_fn)
-        self._held.update(decode_update(broadcast))
-        metadata = payload_metadata(broadcast)
-        trained = {key: value for key, value in self._held.items() if key in set(self.trained_keys)}
-        rest = {key: value for key, value in self._held.items() if key not in trained}
-        config = {**self.config, "server-round": round_idx, "attempt": attempt, "held": encode_update(rest, metadata)}
-        client_of = {self.node_of[c]: c for c in clients if c in self.node_of}
-        dropped = {c: f"no Flower node serves client {c}" for c in clients if c not in self.node_of}
-        counting = _CountingGrid(self.grid)
+        round_idx, attempt, metadata = self._begin(broadcast, client_fn)
+        trained, rest = split_held(self._held, metadata, self.trained_keys)
+        config = {**self.config, "server-round": round_idx, "attempt": attempt, "held": rest}
+        client_of, dropped = self._nodes(clients)
+        counting = CountingGrid(self.grid)
         try:
             result = secagg_fit_round(counting, self.context, list(client_of), trained, config, round_idx,
                                       self.secagg)
@@ -148,23 +135,14 @@ class FlowerTransport:
         """Every sampled client's reply, in the order of ``clients`` (``client_fn`` names the round and attempt)."""
         from flwr.app import Message
 
-        round_idx, attempt = self._round_of(client_fn)
-        self._held.update(decode_update(broadcast))
-        metadata = payload_metadata(broadcast)
-        replies: dict[int, ClientReply] = {}
-        messages, client_of, down = [], {}, 0
-        for client in clients:
-            node = self.node_of.get(client)
-            if node is None:
-                replies[client] = ClientReply(client, math.nan, b"", f"no Flower node serves client {client}")
-                continue
-            content = train_content(self._held, metadata, self.trained_keys, {
-                **self.config, "server-round": int(round_idx), "attempt": int(attempt), "client-id": int(client)})
-            down += content_bytes(content)
-            messages.append(Message(content=content, dst_node_id=node, message_type=TRAIN))
-            client_of[node] = client
-        up = 0
-        received = list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+        round_idx, attempt, metadata = self._begin(broadcast, client_fn)
+        client_of, dropped = self._nodes(clients)
+        replies = {client: ClientReply(client, math.nan, b"", reason) for client, reason in dropped.items()}
+        messages = [Message(content=train_content(self._held, metadata, self.trained_keys, {
+            **self.config, "server-round": round_idx, "attempt": attempt, "client-id": client}),
+            dst_node_id=node, message_type=TRAIN) for node, client in client_of.items()]
+        counting = CountingGrid(self.grid)
+        received = counting.send_and_receive(messages, timeout=self.timeout) if messages else []
         # by message id: a node that died answers through the SuperLink ("Node Unavailable"), not as itself
         client_of_message = {m.metadata.message_id: client_of[m.metadata.dst_node_id] for m in messages}
         for reply in received:
@@ -177,7 +155,6 @@ class FlowerTransport:
                 replies[client] = ClientReply(client, math.nan, b"", f"the node answered with an error: "
                                                                      f"{reply.error.reason}")
                 continue
-            up += content_bytes(reply.content)
             replies[client] = reply_from_content(client, reply.content)
             timings = reply.content.get("timings")
             if timings is not None:
@@ -187,5 +164,5 @@ class FlowerTransport:
             if client not in replies:
                 wait = f"within {self.timeout:g} s" if self.timeout else "before Flower gave up on the message"
                 replies[client] = ClientReply(client, math.nan, b"", f"no reply {wait}")
-        self.ledger.record_wire(down=down, up=up)
+        self.ledger.record_wire(down=counting.down, up=counting.up)
         return [replies[client] for client in clients]

@@ -67,18 +67,27 @@ def train_content(held: Mapping[str, Tensor], metadata: Mapping[str, str], train
     """
     from flwr.app import ConfigRecord, RecordDict
 
+    arrays, rest = split_held(held, metadata, trained)
+    return RecordDict({"arrays": to_array_record(arrays), "config": ConfigRecord({**config, "held": rest})})
+
+
+def split_held(held: Mapping[str, Tensor], metadata: Mapping[str, str],
+               trained: Iterable[str]) -> tuple[dict[str, Tensor], bytes]:
+    """The trained keys of ``held`` (they travel as arrays), and the rest as safetensors bytes with ``metadata``."""
     trained = set(trained)
     arrays = {key: value for key, value in held.items() if key in trained}
-    rest = {key: value for key, value in held.items() if key not in trained}
-    record = ConfigRecord({**config, "held": encode_update(rest, metadata)})
-    return RecordDict({"arrays": to_array_record(arrays), "config": record})
+    return arrays, encode_update({key: value for key, value in held.items() if key not in trained}, metadata)
+
+
+def join_held(held: bytes, arrays: Mapping[str, Tensor]) -> bytes:
+    """The broadcast message bytes again: the ``held`` bytes' tensors and metadata with the ``arrays``."""
+    held = bytes(held)
+    return encode_update({**decode_update(held), **arrays}, payload_metadata(held))
 
 
 def broadcast_from_content(content: Any) -> bytes:
     """The broadcast message bytes a train message's content carries (what the in-process client gets)."""
-    held = bytes(content["config"]["held"])
-    tensors = {**decode_update(held), **from_array_record(content["arrays"])}
-    return encode_update(tensors, payload_metadata(held))
+    return join_held(content["config"]["held"], from_array_record(content["arrays"]))
 
 
 def reply_content(reply: ClientReply, seconds: float) -> Any:
@@ -118,6 +127,26 @@ def reply_from_content(client: int, content: Any) -> ClientReply:
 def content_bytes(content: Any) -> int:
     """Bytes of a message's records (Flower's own count: arrays, config values and metrics)."""
     return sum(_record_bytes(record) for record in content.values())
+
+
+class CountingGrid:
+    """Passes ``send_and_receive`` through to a ``Grid``; counts the messages and their records' bytes both ways."""
+
+    def __init__(self, grid: Any) -> None:
+        self.grid, self.sent, self.received, self.down, self.up = grid, 0, 0, 0, 0
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        """Send ``messages``, return the replies (the error replies count as replies, not as bytes)."""
+        messages = list(messages)
+        self.sent += len(messages)
+        self.down += sum(content_bytes(m.content) for m in messages if m.has_content())
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.received += len(replies)
+        self.up += sum(content_bytes(r.content) for r in replies if not r.has_error())
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
 
 
 def _record_bytes(record: Any) -> int:

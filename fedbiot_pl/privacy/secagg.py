@@ -243,23 +243,6 @@ class SecAggResult:
     seconds: float = 0.0
 
 
-class _CountingGrid:
-    """Forwards ``send_and_receive`` to a Grid and counts the messages (the workflow uses nothing else)."""
-
-    def __init__(self, grid: Any) -> None:
-        self.grid, self.sent, self.received = grid, 0, 0
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
-        messages = list(messages)
-        self.sent += len(messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.received += len(replies)
-        return replies
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.grid, name)
-
-
 def _one_round_strategy(proxies: list[Any], parameters: Any, config: dict[str, Any]) -> Any:
     from flwr.common import FitIns
     from flwr.server.strategy import Strategy
@@ -354,7 +337,9 @@ def secagg_fit_round(
         MAX_WEIGHT: float(settings.max_weight),
         ROUND: int(server_round),
     }
-    counting = _CountingGrid(grid)
+    from fedbiot_pl.flower.wire import CountingGrid
+
+    counting = CountingGrid(grid)
     proxies = [GridClientProxy(node, grid, context.run_id) for node in nodes]
     strategy = _one_round_strategy(proxies, parameters, fit_config)
     own = Context(context.run_id, context.node_id, dict(context.node_config), RecordDict(), dict(context.run_config))
