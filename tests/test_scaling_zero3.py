@@ -8,14 +8,18 @@ with ``deepspeed.initialize`` and the strategy's config builder. Each process ru
 
 from __future__ import annotations
 
+import faulthandler
 import os
-import socket
+import sys
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
 
 from fedbiot_pl.scaling.checks import deepspeed_available
 from tests.conftest import padded_batch
+from tests.helpers import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -93,7 +97,35 @@ def _run_round(split, round_batches, rank: int = 0, world_size: int = 1):
     return result.attempts[-1].losses
 
 
-def _worker(rank: int, port: int) -> None:
+def _worker(rank: int, port: int, logs: str) -> None:
+    """One rank. Its stdout and stderr go to its log (C++ aborts such as gloo's "terminate called ..." print
+    there, and faulthandler's stacks), which the test puts in its failure message: a spawned process's
+    output never reaches CI's summary."""
+    with open(Path(logs) / f"rank{rank}.log", "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        _arm_faulthandler()
+        try:
+            _rank(rank, port)
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+    # Both ranks passed the final barrier: leave without the interpreter's teardown, where DeepSpeed's and
+    # gloo's background threads can still be joined or destroyed in any order.
+    os._exit(0)
+
+
+def _arm_faulthandler() -> None:
+    """Python's stacks on a fatal signal, to stderr. Re-armed as the run goes: the libraries in it install their
+    own SIGABRT handler (seen: faulthandler's was gone by the final barrier; ``enable`` alone does not re-arm)."""
+    faulthandler.disable()
+    faulthandler.enable(all_threads=True)
+
+
+def _rank(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
@@ -128,6 +160,7 @@ def _worker(rank: int, port: int) -> None:
     module, optimizer = modules["sharded"]
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config,
                                       model_parameters=list(sharded.lora_parameters("emulator").values()))
+    _arm_faulthandler()
     module.forward = lambda ids, mask: module.alignment_losses(ids, mask)  # what Lightning redirects to
     public = _batch(100)  # the same public batch on both ranks, so the averaged gradient is this one's
 
@@ -184,15 +217,18 @@ def _worker(rank: int, port: int) -> None:
         torch.testing.assert_close(after[key], value, atol=0, rtol=0)
     # Leave together: a rank that exits while the other's gloo threads still talk to it aborts the other
     # ("terminate called without an active exception").
+    _arm_faulthandler()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_zero3_server_and_client_round_match_an_unsharded_split():
-    torch.multiprocessing.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+def test_zero3_server_and_client_round_match_an_unsharded_split(tmp_path):
+    try:
+        torch.multiprocessing.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException) as error:
+        failure = str(error)
+    else:
+        return
+    logs = {p.name: "\n".join(line for line in p.read_text().splitlines() if not line.startswith("Extension modules:"))
+            for p in sorted(tmp_path.glob("rank*.log"))}
+    pytest.fail("\n".join([failure, *(f"--- {name}:\n{text[-3000:]}" for name, text in logs.items())]), pytrace=False)

@@ -16,7 +16,9 @@ from fedbiot_pl.flower.engine import LocalEngine, NodeSpec  # noqa: E402
 from fedbiot_pl.flower.local import APP_DIR  # noqa: E402
 from tests.flower.test_server_app import export  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.flower]
+# The engine's processes run with OMP_NUM_THREADS=1 and the in-process reference with one intra-op thread:
+# CPU kernels sum in an order that depends on the thread count, so bit-for-bit needs the same count on both sides.
+pytestmark = [pytest.mark.slow, pytest.mark.flower, pytest.mark.usefixtures("one_thread")]
 ARGS = ["--federated.algorithm", "fedavg_lora", "--federated.pre_alignment_rounds", "0",
         "--federated.proximal_weight", "0", "--federated.rounds", "1", "--federated.local_steps", "2",
         "--data.num_clients", "2", "--data.max_task_examples", "40", "--data.max_public_examples", "20",
