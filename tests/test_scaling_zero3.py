@@ -97,11 +97,11 @@ def _run_round(split, round_batches, rank: int = 0, world_size: int = 1):
     return result.attempts[-1].losses
 
 
-def _worker(rank: int, port: int, logs: str) -> None:
+def _worker(rank: int, port: int, logs: str, leave) -> None:
     """One rank. Its stdout and stderr go to its log (C++ aborts such as gloo's "terminate called ..." print
     there, and faulthandler's stacks), which the test puts in its failure message: a spawned process's
     output never reaches CI's summary."""
-    with open(Path(logs) / f"rank{rank}.log", "w") as log:
+    with open(Path(logs) / f"rank{rank}.log", "a") as log:  # O_APPEND: the writers share it
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         _arm_faulthandler()
@@ -113,8 +113,11 @@ def _worker(rank: int, port: int, logs: str) -> None:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-    # Both ranks passed the final barrier: leave without the interpreter's teardown, where DeepSpeed's and
-    # gloo's background threads can still be joined or destroyed in any order.
+    # Leave together and at once. Both ranks have returned from the last gloo collective, so no message is still
+    # on its way; only then does either close its sockets (a rank that closes them while the other still reads
+    # aborts the other: "terminate called without an active exception"). os._exit skips the interpreter's
+    # teardown, where DeepSpeed's and gloo's threads would be destroyed in any order.
+    leave.wait(timeout=300)
     os._exit(0)
 
 
@@ -215,16 +218,14 @@ def _rank(rank: int, port: int) -> None:
         after = sharded.lora_state("adapter")
     for key, value in average.items():
         torch.testing.assert_close(after[key], value, atol=0, rtol=0)
-    # Leave together: a rank that exits while the other's gloo threads still talk to it aborts the other
-    # ("terminate called without an active exception").
     _arm_faulthandler()
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    torch.distributed.barrier()  # the last collective: after it, see _worker
 
 
 def test_zero3_server_and_client_round_match_an_unsharded_split(tmp_path):
     try:
-        torch.multiprocessing.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+        leave = torch.multiprocessing.get_context("spawn").Barrier(WORLD)
+        torch.multiprocessing.spawn(_worker, args=(free_port(), str(tmp_path), leave), nprocs=WORLD, join=True)
     except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException) as error:
         failure = str(error)
     else:
