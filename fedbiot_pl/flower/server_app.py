@@ -111,19 +111,15 @@ def handshake(grid: Any, nodes: list[int], config: Mapping[str, Any], timeout: f
     """
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from fedbiot_pl.flower.wire import DESCRIBE
+    from fedbiot_pl.flower.wire import DESCRIBE, match_replies
 
     messages = [Message(RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
                         message_type=DESCRIBE) for node in nodes]
     found: dict[int, tuple[int, int]] = {}
     issues = []
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    node_of_message = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    replies, _ = match_replies(messages, grid.send_and_receive(messages, timeout=timeout))
     answered = set()
-    for reply in replies:
-        node = node_of_message.get(reply.metadata.reply_to_message_id)
-        if node is None:
-            continue
+    for node, reply in replies:
         answered.add(node)
         if reply.has_error():
             issues.append(f"node {node}: {reply.error.reason}")

@@ -26,7 +26,7 @@ from fedbiot_pl.errors import ConfigError
 from fedbiot_pl.federation.ledger import CommLedger
 from fedbiot_pl.federation.messages import decode_update, payload_metadata
 from fedbiot_pl.federation.transport import ClientFn, ClientReply
-from fedbiot_pl.flower.wire import TRAIN, CountingGrid, reply_from_content, split_held, train_content
+from fedbiot_pl.flower.wire import TRAIN, CountingGrid, match_replies, reply_from_content, split_held, train_content
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,9 @@ class FlowerTransport:
             result = secagg_fit_round(counting, self.context, list(client_of), trained, config, round_idx,
                                       self.secagg)
         except SecAggHalted as error:
-            self.ledger.record_wire(down=counting.down, up=counting.up)
             return SecureOutcome(b"", 0.0, {}, {**dropped, **{c: str(error) for c in client_of.values()}})
-        self.ledger.record_wire(down=counting.down, up=counting.up)
+        finally:
+            self.ledger.record_wire(down=counting.down, up=counting.up)
         reason = "; ".join(dict.fromkeys(result.failures)) or "no reply"
         dropped.update({client_of[node]: f"SecAgg+: {reason}" for node in result.dropped})
         losses = {client_of[node]: float(metrics.get("train-loss", math.nan))
@@ -143,13 +143,11 @@ class FlowerTransport:
             dst_node_id=node, message_type=TRAIN) for node, client in client_of.items()]
         counting = CountingGrid(self.grid)
         received = counting.send_and_receive(messages, timeout=self.timeout) if messages else []
-        # by message id: a node that died answers through the SuperLink ("Node Unavailable"), not as itself
-        client_of_message = {m.metadata.message_id: client_of[m.metadata.dst_node_id] for m in messages}
-        for reply in received:
-            client = client_of_message.get(reply.metadata.reply_to_message_id)
-            if client is None or client in replies:
-                log.warning("ignoring a reply to message %s (no client of this attempt)",
-                            reply.metadata.reply_to_message_id)
+        matched, stray = match_replies(messages, received)
+        for node, reply in matched:
+            client = client_of[node]
+            if client in replies:  # a second reply for this client
+                stray.append(reply)
                 continue
             if reply.has_error():
                 replies[client] = ClientReply(client, math.nan, b"", f"the node answered with an error: "
@@ -160,6 +158,9 @@ class FlowerTransport:
             if timings is not None:
                 self.timings.append({"round": round_idx, "attempt": attempt, "client": client,
                                      **{key: float(value) for key, value in timings.items()}})
+        for reply in stray:
+            log.warning("ignoring a reply to message %s (no client of this attempt)",
+                        reply.metadata.reply_to_message_id)
         for client in clients:
             if client not in replies:
                 wait = f"within {self.timeout:g} s" if self.timeout else "before Flower gave up on the message"

@@ -129,6 +129,23 @@ def content_bytes(content: Any) -> int:
     return sum(_record_bytes(record) for record in content.values())
 
 
+def match_replies(messages: Iterable[Any], replies: Iterable[Any]) -> tuple[list[tuple[int, Any]], list[Any]]:
+    """Each reply with the node its message went to, matched by message id, and the replies to none of ``messages``.
+
+    By message id, not by the reply's source: a node that died answers through the SuperLink ("Node
+    Unavailable"), not as itself.
+    """
+    node_of = {message.metadata.message_id: message.metadata.dst_node_id for message in messages}
+    matched, stray = [], []
+    for reply in replies:
+        node = node_of.get(reply.metadata.reply_to_message_id)
+        if node is None:
+            stray.append(reply)
+        else:
+            matched.append((node, reply))
+    return matched, stray
+
+
 class CountingGrid:
     """Passes ``send_and_receive`` through to a ``Grid``; counts the messages and their records' bytes both ways."""
 
