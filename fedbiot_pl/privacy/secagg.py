@@ -51,7 +51,6 @@ QUANTIZATION_RANGE = "fedbiot-secagg-quantization-range"
 MAX_WEIGHT = "fedbiot-secagg-max-weight"
 ROUND = "fedbiot-secagg-round"
 _PRIVATE = (KEYS, CLIPPING_RANGE, QUANTIZATION_RANGE, MAX_WEIGHT, ROUND)
-STAGES = 4  # request/reply stages per round
 _INT32_MAX = 2**31 - 1  # flwr quantises into int32
 
 
@@ -61,6 +60,11 @@ class SecAggHalted(RuntimeError):
 
 class SecAggRangeError(ValueError):
     """A client's weighted update does not fit the settings (it would be clipped or overflow silently)."""
+
+
+def _levels(num_examples: float, max_weight: float, quantization_range: int) -> int:
+    """A client's weight in quantisation levels, as the mod computes it: ``round(n / W * Q)``."""
+    return round(num_examples / max_weight * quantization_range)
 
 
 def _is_number(value: Any) -> bool:
@@ -103,7 +107,7 @@ class SecAggSettings:
 
     def weight(self, num_examples: int) -> float:
         """The weight the mod gives a client: ``round(num_examples / W * Q) / Q``."""
-        return round(num_examples / self.max_weight * self.quantization_range) / self.quantization_range
+        return _levels(num_examples, self.max_weight, self.quantization_range) / self.quantization_range
 
     def error_bound(self, num_examples: Sequence[int]) -> float:
         """Largest per-value difference from the exact weighted mean: ``k * (2c/Q) / sum(w)`` (float64 uploads)."""
@@ -191,7 +195,7 @@ class SecAggSettings:
                         f"num_examples {heavy[:3]} exceed max_weight={self.max_weight:g}: weights above 1 risk "
                         f"clipping and overflow; set max_weight={max(num_examples)}."
                     )
-                total = sum(round(n / self.max_weight * self.quantization_range) for n in num_examples)
+                total = sum(_levels(n, self.max_weight, self.quantization_range) for n in num_examples)
                 if total >= self.modulus_range:
                     found.append(f"The summed weights ({total} levels) overflow modulus_range={self.modulus_range}.")
         return found
@@ -298,7 +302,8 @@ def secagg_fit_round(
     :func:`secagg_fit_reply` (see :func:`is_secagg_message`).
 
     Args:
-        grid: The ``Grid`` given to ``main``.
+        grid: The ``Grid`` given to ``main``, or a :class:`~fedbiot_pl.flower.wire.CountingGrid` over it (which
+            then counts this round's messages and bytes too).
         context: The ``Context`` given to ``main`` (only its run id and configs are used; its state is untouched).
         node_ids: The sampled nodes (at least 2).
         arrays: The adapter LoRA to broadcast, by peft key (sent as float32; also the reference of the changes).
@@ -339,7 +344,8 @@ def secagg_fit_round(
     }
     from fedbiot_pl.flower.wire import CountingGrid
 
-    counting = CountingGrid(grid)
+    counting = grid if isinstance(grid, CountingGrid) else CountingGrid(grid)  # the caller's keeps counting
+    sent, received = counting.sent, counting.received
     proxies = [GridClientProxy(node, grid, context.run_id) for node in nodes]
     strategy = _one_round_strategy(proxies, parameters, fit_config)
     own = Context(context.run_id, context.node_id, dict(context.node_config), RecordDict(), dict(context.run_config))
@@ -351,9 +357,9 @@ def secagg_fit_round(
     seconds = time.monotonic() - start
     if strategy.aggregate is None:
         raise SecAggHalted(
-            f"SecAgg+ round {server_round} over {len(nodes)} nodes halted after {counting.sent} messages and "
-            f"{counting.received} replies (too few live nodes or shares for reconstruction_threshold; see the "
-            "ServerApp log)."
+            f"SecAgg+ round {server_round} over {len(nodes)} nodes halted after {counting.sent - sent} messages and "
+            f"{counting.received - received} replies (too few live nodes or shares for reconstruction_threshold; "
+            "see the ServerApp log)."
         )
     mean_delta = parameters_to_ndarrays(strategy.aggregate)
     mean = {
@@ -368,8 +374,8 @@ def secagg_fit_round(
         metrics={n: r[1] for n, r in strategy.results.items()},
         dropped=[n for n in nodes if n not in strategy.results],
         failures=strategy.failures,
-        messages_sent=counting.sent,
-        replies=counting.received,
+        messages_sent=counting.sent - sent,
+        replies=counting.received - received,
         seconds=seconds,
     )
 
@@ -479,12 +485,13 @@ def secagg_fit_reply(
             "server's max_weight."
         )
     q = request.quantization_range
-    weight = round(num_examples / request.max_weight * q) / q  # what the mod multiplies by
+    weight = _levels(num_examples, request.max_weight, q) / q  # what the mod multiplies by
     deltas, worst, worst_key = [], 0.0, ""
     for key, reference in request.arrays.items():
+        if upload[key].shape != reference.shape:  # before subtracting: a (32,) upload would broadcast to (4, 32)
+            raise ValueError(f"SecAgg+ upload {key}: shape {tuple(upload[key].shape)}, broadcast "
+                             f"{tuple(reference.shape)}.")
         delta = upload[key].detach().to("cpu", torch.float64) - reference.double()
-        if delta.shape != reference.shape:
-            raise ValueError(f"SecAgg+ upload {key}: shape {tuple(delta.shape)}, broadcast {tuple(reference.shape)}.")
         if not bool(torch.isfinite(delta).all()):
             raise SecAggRangeError(f"SecAgg+ upload {key} holds NaN or inf.")
         array = delta.numpy()

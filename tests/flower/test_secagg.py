@@ -64,6 +64,8 @@ def make_client_app(behaviour: dict[int, str]):
             raise RuntimeError("site crashed")
         scale = 50.0 if behaviour.get(client) == "huge" else 0.05
         upload = local_update(client, request.arrays, scale)
+        if behaviour.get(client) == "misshapen":  # (32,) against (4, 32): it would broadcast in a subtraction
+            upload["m.0.lora_A.weight"] = upload["m.0.lora_A.weight"][0]
         return secagg_fit_reply(message, request, upload, int(context.node_config["n"]), {"client-id": client})
 
     return app
@@ -105,14 +107,14 @@ class InProcessGrid:
         return replies
 
 
-def run_round(weights: dict[int, int], behaviour=None, **settings):
+def run_round(weights: dict[int, int], behaviour=None, wrap=lambda grid: grid, **settings):
     from flwr.app import Context, RecordDict
 
     nodes = {100 + c: {"client-id": c, "n": n} for c, n in weights.items()}
     grid = InProcessGrid(make_client_app(behaviour or {}), nodes)
     context = Context(1, 0, {}, RecordDict(), {})
     config = SecAggSettings(**{"max_weight": float(max(weights.values())), **settings})
-    result = secagg_fit_round(grid, context, list(nodes), broadcast(), {"lr": 0.5}, 3, config)
+    result = secagg_fit_round(wrap(grid), context, list(nodes), broadcast(), {"lr": 0.5}, 3, config)
     return result, grid, config
 
 
@@ -160,6 +162,28 @@ def test_an_update_that_would_be_clipped_is_refused_not_clipped():
     assert result.dropped == [102] and "clipping_range=1" in result.failures[0]
     live = {c: n for c, n in weights.items() if c != 2}
     assert max_error(result.mean, exact_mean(live, broadcast())) <= settings.error_bound(list(live.values()))
+
+
+def test_an_upload_of_another_shape_is_refused_even_where_it_would_broadcast():
+    weights = {0: 100, 1: 100, 2: 100, 3: 100}
+    result, _, _ = run_round(weights, {1: "misshapen"})
+    assert result.dropped == [101] and "shape (32,), broadcast (4, 32)" in result.failures[0]
+
+
+def test_a_counting_grid_given_by_the_caller_keeps_counting_and_the_result_counts_this_round():
+    from fedbiot_pl.flower.wire import CountingGrid
+
+    counting = []
+
+    def wrap(grid):
+        counting.append(CountingGrid(grid))
+        counting[0].sent, counting[0].received = 5, 4  # what it counted before this round
+        return counting[0]
+
+    result, grid, _ = run_round({0: 1, 1: 2, 2: 3}, wrap=wrap)
+    (outer,) = counting
+    assert result.messages_sent == result.replies == 4 * 3 == len(grid.sent)
+    assert (outer.sent, outer.received) == (5 + 12, 4 + 12) and outer.down > 0 and outer.up > 0
 
 
 def test_too_many_dropouts_halt_with_an_error():
