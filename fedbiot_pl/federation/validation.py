@@ -22,11 +22,14 @@ def _flat(state: Mapping[str, Tensor], keys: list[str]) -> Tensor:
     return torch.cat([state[key].reshape(-1) for key in keys]) if keys else torch.zeros(0)
 
 
+def l2_norm(tensors: Mapping[str, Tensor]) -> float:
+    """L2 norm of all ``tensors`` together, accumulated in float64 (the client's clip and the server's check)."""
+    return float(torch.linalg.vector_norm(_flat(tensors, sorted(tensors)).double()))
+
+
 def update_norm(update: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> float:
     """L2 norm of ``update - reference`` over all tensors together (accumulated in float64)."""
-    keys = sorted(update)
-    change = _flat(update, keys).double() - _flat(reference, keys).double()
-    return float(torch.linalg.vector_norm(change))
+    return l2_norm({key: update[key].double() - reference[key].double() for key in update})
 
 
 def update_problem(

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from fedbiot_pl.errors import ConfigError
+from fedbiot_pl.federation.validation import l2_norm
 
 Calibration = Literal["analytic", "classic"]
 CALIBRATIONS: tuple[str, ...] = ("analytic", "classic")
@@ -214,12 +215,6 @@ def _check_keys(upload: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -
         raise ValueError(f"upload and reference shapes differ at {shapes[:3]}.")
 
 
-def update_delta(upload: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``upload - reference`` per key, in float32 (same keys and shapes required)."""
-    _check_keys(upload, reference)
-    return {k: upload[k].detach().float() - reference[k].detach().to(upload[k].device).float() for k in upload}
-
-
 def clip_update(delta: Mapping[str, Tensor], clip_norm: float) -> tuple[dict[str, Tensor], float, float]:
     """Scale ``delta`` so that its L2 norm over all keys together is at most ``clip_norm``.
 
@@ -234,7 +229,7 @@ def clip_update(delta: Mapping[str, Tensor], clip_norm: float) -> tuple[dict[str
     Raises:
         ValueError: If the update holds a non-finite value (clipping cannot bound it).
     """
-    norm = math.sqrt(sum(float(torch.sum(t.double() ** 2)) for t in delta.values()))
+    norm = l2_norm(delta)
     if not math.isfinite(norm):
         raise ValueError("The update holds NaN or inf values; it cannot be clipped or released.")
     factor = 1.0 if norm <= clip_norm else clip_norm / norm
@@ -269,12 +264,13 @@ def privatize(
         The released LoRA and a :class:`PrivacyReport`.
     """
     sigma = dp.sigma
-    clipped, norm, factor = clip_update(update_delta(upload, reference), dp.clip_norm)
+    _check_keys(upload, reference)
+    base = {key: reference[key].detach().to(upload[key].device).float() for key in upload}
+    clipped, norm, factor = clip_update({key: upload[key].detach().float() - base[key] for key in upload},
+                                        dp.clip_norm)
     released = dict.fromkeys(upload)
     for key, noise in gaussian_noise({k: t.shape for k, t in clipped.items()}, sigma, generator):
-        noisy = clipped[key] + noise.to(clipped[key].device)
-        base = reference[key].detach().to(upload[key].device).float()
-        released[key] = (base + noisy).to(upload[key].dtype)
+        released[key] = (base[key] + (clipped[key] + noise.to(clipped[key].device))).to(upload[key].dtype)
     report = PrivacyReport(
         pre_clip_norm=norm,
         clip_factor=factor,
