@@ -55,7 +55,7 @@ def make_certificates(folder: Path, host: str = "127.0.0.1") -> Certificates:
     Raises:
         EngineError: ``openssl`` is missing or failed.
     """
-    openssl = _tool("openssl", "to make the SuperLink's TLS certificates")
+    openssl = _tool("openssl", "it makes the SuperLink's TLS certificates: install it (e.g. apt-get install openssl).")
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
@@ -99,7 +99,8 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
     Raises:
         EngineError: ``ssh-keygen`` is missing or failed.
     """
-    keygen = _tool("ssh-keygen", "to make SuperNode authentication keys")
+    keygen = _tool("ssh-keygen", "it makes the SuperNodes' authentication keys: install it (e.g. apt-get install "
+                               "openssh-client).")
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     private, public = folder / name, folder / f"{name}.pub"

@@ -25,23 +25,22 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from fedbiot_pl.flower.commands import ConfigValue, config_arg, flower_env
 from fedbiot_pl.flower.credentials import Certificates, make_certificates, make_node_key
 from fedbiot_pl.flower.processes import (
     _ANSI,
     EngineError,
+    _check_call,
     _descendants,
     _kill,
     _kill_all_at_exit,
@@ -52,6 +51,7 @@ from fedbiot_pl.flower.processes import (
     _tail_section,
     _tail_text,
     _terminate,
+    _tool,
     free_port,
 )
 
@@ -142,7 +142,6 @@ class LocalEngine:
         self._superlink: subprocess.Popen[bytes] | None = None
         self._nodes: dict[int, subprocess.Popen[bytes]] = {}
         self._log_offset: dict[int, int] = {}
-        self._files: list[IO[bytes]] = []
         self._all: list[subprocess.Popen[bytes]] = []  # every process started; shared with the exit hook
         self._subreaper = False
         self._finalizer = weakref.finalize(self, _kill_all_at_exit, self._all)
@@ -158,11 +157,16 @@ class LocalEngine:
     # --- properties ------------------------------------------------------------------------------------------------
 
     @property
+    def _dial_host(self) -> str:
+        """The host clients dial: ``host``, or ``127.0.0.1`` when the SuperLink listens on all addresses."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
     def address(self) -> str:
         """``host:port`` of the SuperLink as clients dial it (``127.0.0.1`` when it listens on all addresses)."""
         if self.port is None:
             raise EngineError("the engine is not started")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = self._dial_host
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
@@ -197,18 +201,14 @@ class LocalEngine:
     # --- start -----------------------------------------------------------------------------------------------------
 
     def _exe(self, name: str) -> str:
-        path = shutil.which(name) or str(Path(sys.executable).parent / name)
-        if not Path(path).exists():
-            raise EngineError(f"`{name}` was not found (is flwr installed? pip install 'fedbiot-pl[flower]')")
-        return path
+        return _tool(name, "it comes with flwr: pip install 'fedbiot-pl[flower]'.")
 
     def _popen(self, command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        handle = log.open("ab")
-        self._files.append(handle)
-        handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
-        handle.flush()
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        with log.open("ab") as handle:  # the process keeps its own copy of the descriptor
+            handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
+            handle.flush()
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
         self._all.append(proc)
         return proc
 
@@ -226,9 +226,8 @@ class LocalEngine:
             raise EngineError("the engine is already started")
         for folder in (self.flwr_home, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        if not self._subreaper:
-            _Subreaper.acquire()
-            self._subreaper = True
+        _Subreaper.acquire()
+        self._subreaper = True
         try:
             self._start_superlink(timeout)
             self._write_connection()
@@ -249,7 +248,7 @@ class LocalEngine:
             self.certificates = make_certificates(self.workdir / "certs", self.host)
         deadline = time.monotonic() + timeout
         for attempt in range(3):  # another process may take the free port before the SuperLink binds it
-            self.port = free_port(self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1")
+            self.port = free_port(self._dial_host)
             command = [self._exe("flower-superlink"), "--host", self.host, "--port", str(self.port),
                        "--disable-runtime-dependency-installation"]
             if self.certificates is not None:
@@ -265,7 +264,6 @@ class LocalEngine:
                 command += ["--database", str(self.database)]
             offset = self.superlink_log.stat().st_size if self.superlink_log.exists() else 0
             self._superlink = self._popen(command, self.superlink_log, flower_env(self.flwr_home, self.env))
-            host, port = self.address.rsplit(":", 1)
             while True:
                 with self.superlink_log.open("rb") as handle:
                     handle.seek(offset)
@@ -277,7 +275,7 @@ class LocalEngine:
                     raise EngineError(f"flower-superlink exited with code {code}: `{shlex.join(command)}`"
                                       + _tail_section(self.superlink_log))
                 if b"uvicorn running on" in text:  # uvicorn logs this once it has bound the port
-                    with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), 1):
+                    with contextlib.suppress(OSError), socket.create_connection((self._dial_host, self.port), 1):
                         return
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"flower-superlink did not listen on {self.address} within {timeout:g} s"
@@ -332,10 +330,7 @@ class LocalEngine:
             command.append("--insecure")
         if spec.node_config:
             command += ["--node-config", config_arg(spec.node_config, home / "node-config.toml")]
-        if self.auth:
-            if index not in self._keys:
-                private = spec.private_key or make_node_key(self.workdir / "keys", f"node-{index}")[0]
-                self._keys[index] = Path(private).resolve()
+        if self.auth:  # start() made or found every node's key before the first node
             command += ["--auth-supernode-private-key", str(self._keys[index])]
         log = self.node_logs[index]
         self._log_offset[index] = log.stat().st_size if log.exists() else 0
@@ -393,17 +388,7 @@ class LocalEngine:
             raise EngineError("the engine is not started")
         env = flower_env(self.flwr_home, {**self.env, "NO_COLOR": "1"})
         env.pop("FORCE_COLOR", None)
-        command = [self._exe("flwr"), *args]
-        try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired as err:
-            raise EngineError(f"{what}: `{shlex.join(command)}` did not finish within {timeout:g} s"
-                              + _tail_section(self.superlink_log)) from err
-        if done.returncode != 0:
-            raise EngineError(f"{what}: `{shlex.join(command)}` failed with exit code {done.returncode}:\n"
-                              f"{_tail_text(done.stdout + done.stderr)}" + _tail_section(self.superlink_log))
-        return done.stdout
+        return _check_call([self._exe("flwr"), *args], what=what, log=self.superlink_log, timeout=timeout, env=env)
 
     def _cli_json(self, args: list[str], *, what: str, timeout: float = 180) -> dict[str, Any]:
         command = [*args, "--format", "json"]
@@ -550,9 +535,6 @@ class LocalEngine:
         if self._superlink is not None:
             _terminate([self._superlink], grace)
         self._kill_strays()
-        for handle in self._files:
-            handle.close()
-        self._files.clear()
         self._nodes.clear()
         self._superlink = None
         self._all.clear()

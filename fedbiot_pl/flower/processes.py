@@ -46,17 +46,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _tool(name: str, purpose: str) -> str:
-    path = shutil.which(name)
+def find_tool(name: str) -> str | None:
+    """The program ``name`` on PATH or beside this interpreter (a venv's scripts need not be on PATH), or ``None``."""
+    path = shutil.which(name) or str(Path(sys.executable).parent / name)
+    return path if Path(path).is_file() else None
+
+
+def _tool(name: str, fix: str) -> str:
+    path = find_tool(name)
     if path is None:
-        raise EngineError(f"`{name}` was not found on PATH; it is needed {purpose}. Install it (e.g. apt-get install "
-                          f"{'openssl' if name == 'openssl' else 'openssh-client'}) or put it on PATH.")
+        raise EngineError(f"`{name}` was not found on PATH or beside {sys.executable}; {fix}")
     return path
 
 
-def _check_call(command: list[str], *, what: str, log: Path | None = None, timeout: float = 120) -> str:
+def _check_call(command: list[str], *, what: str, log: Path | None = None, timeout: float = 120,
+                env: dict[str, str] | None = None) -> str:
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                              env=env)
     except subprocess.TimeoutExpired as err:
         raise EngineError(f"{what}: `{shlex.join(command)}` did not finish within {timeout:g} s"
                           + _tail_section(log)) from err
