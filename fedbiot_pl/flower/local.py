@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -43,12 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 def engine_issues() -> list[str]:
     """What this machine lacks to run Flower's engine (empty: nothing)."""
     import importlib.util
-    import shutil
+
+    from fedbiot_pl.flower.processes import find_tool
 
     if sys.version_info < (3, 11):
         return [f"Flower 1.41 needs Python >= 3.11 (this is {sys.version.split()[0]}): use a newer Python for the "
                 "Flower deployment; `python train.py fit` runs the same rounds in one process."]
-    if importlib.util.find_spec("flwr") is None or shutil.which("flower-superlink") is None:
+    if importlib.util.find_spec("flwr") is None or find_tool("flower-superlink") is None:
         return ["flwr is not installed: pip install 'fedbiot-pl[flower]'"]
     return []
 
@@ -59,17 +61,14 @@ def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeo
     from fedbiot_pl.cli import read_config, with_default_config
     from fedbiot_pl.flower.engine import LocalEngine, NodeSpec
     from fedbiot_pl.flower.export import export_for_args
+    from fedbiot_pl.flower.server_app import parse_secagg
 
-    issues = engine_issues()
-    if secagg.strip():
-        from fedbiot_pl.flower.server_app import secagg_issues
-
-        try:
-            given = json.loads(secagg)
-            issues += [f"--flower-secagg: {issue}" for issue in secagg_issues(given)] if isinstance(given, dict) \
-                else [f"--flower-secagg must be a JSON object (or '{{}}'), got {secagg!r}"]
-        except ValueError as error:
-            issues.append(f"--flower-secagg must be a JSON object (or '{{}}'), got {secagg!r} ({error})")
+    issues = engine_issues() + parse_secagg(secagg, "--flower-secagg")[1]
+    if workdir.exists() and not workdir.is_dir():
+        issues.append(f"--flower-workdir {str(workdir)!r} is a file; name a folder (it is created if missing)")
+    for flag, value, low in (("--flower-round-timeout", round_timeout, 0.0), ("--flower-timeout", timeout, 1e-9)):
+        if not math.isfinite(value) or value < low:
+            issues.append(f"{flag} must be a number of seconds {'>= 0' if low == 0 else '> 0'}, got {value!r}")
     if issues:
         raise ConfigError("; ".join(issues))
     argv = with_default_config(["fit", *fit_args])
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except EngineError as error:  # a Flower process or command failed: its log tail is in the message
+    except (EngineError, TimeoutError) as error:  # a Flower process, command or start-up stage failed (log tail)
         print(f"error: {error}\nengine logs in {workdir}", file=sys.stderr)
         return 1
     if status != "finished:completed":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -55,19 +56,12 @@ class FlowerOptions:
         numbers = {}
         for key, low in (("min-nodes", 1), ("node-wait", 0), ("round-timeout", 0)):
             value = run_config.get(key, {"min-nodes": 1, "node-wait": 300, "round-timeout": 0}[key])
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or value < low:
                 issues.append(f"{key} must be a number >= {low}, got {value!r}")
             numbers[key] = value
-        secagg = None
-        if str(run_config.get("secagg") or "").strip():
-            try:
-                secagg = json.loads(str(run_config["secagg"]))
-                if not isinstance(secagg, dict):
-                    raise ValueError("not an object")
-                issues += [f"secagg: {issue}" for issue in secagg_issues(secagg)]
-            except ValueError as error:
-                issues.append(f"secagg must be a JSON object of SecAgg+ settings (or \"{{}}\" for the defaults), got "
-                              f"{run_config['secagg']!r} ({error})")
+        secagg, secagg_problems = parse_secagg(run_config.get("secagg"), "secagg")
+        issues += secagg_problems
         if issues:
             raise ConfigError("bad run config (flwr run --run-config): " + "; ".join(issues) + ".")
         return cls(model_dir, int(numbers["min-nodes"]), float(numbers["node-wait"]),
@@ -195,6 +189,20 @@ class FlowerCLI(FedBiOTCLI):
         transport = FlowerTransport(self.grid, {c: n for c, (n, _) in found.items()}, loop.ledger, trained, config,
                                     options.round_timeout, secagg, self.context, views.lora_state("all"))
         return transport, RemoteClientData({client: size for client, (_, size) in found.items()})
+
+
+def parse_secagg(text: Any, name: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """SecAgg+ settings from JSON ``text`` (blank: off) and what is wrong with them, each issue naming ``name``."""
+    if not str(text or "").strip():
+        return None, []
+    try:
+        given = json.loads(str(text))
+        if not isinstance(given, dict):
+            raise ValueError("not an object")
+    except ValueError as error:
+        return None, [f"{name} must be a JSON object of SecAgg+ settings (or \"{{}}\" for the defaults), got "
+                      f"{text!r} ({error})"]
+    return given, [f"{name}: {issue}" for issue in secagg_issues(given)]
 
 
 def secagg_issues(given: dict[str, Any]) -> list[str]:
