@@ -60,6 +60,13 @@ class ClientModelSettings:
     layers: list[int] | None = None  # the full model's index of each layer (the layout's compressed layers)
 
 
+def check_new_folder(out: Path) -> None:
+    """``ConfigError`` unless ``out`` is missing or an empty folder: a client model never overwrites anything."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists (a file, or a folder that is not empty); give a new folder for the client "
+                          "model (nothing is overwritten).")
+
+
 def export_client_model(views: Any, tokenizer: Any, out: str | Path) -> str:
     """Write the clients' model of built ``views`` (and ``tokenizer``) into ``out``; return its sha256.
 
@@ -69,9 +76,7 @@ def export_client_model(views: Any, tokenizer: Any, out: str | Path) -> str:
     from fedbiot_pl.model.assembly import assemble, decoder_of, share_copy
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists (a file, or a folder that is not empty); give a new folder for the client "
-                          "model (nothing is overwritten).")
+    check_new_folder(out)
     layout = views.layout
     full_layers = decoder_of(views.full).layers
     layers = []

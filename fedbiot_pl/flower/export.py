@@ -12,31 +12,39 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedbiot_pl.errors import ConfigError
 
 
-def export_for_args(args: list[str], out: str | Path) -> str:
-    """Export the client model of ``train.py fit`` arguments ``args`` into ``out``; return its sha256."""
-    from fedbiot_pl.cli import config_views, read_config, with_default_config
-    from fedbiot_pl.flower.transport import flower_issues
-    from fedbiot_pl.model.location import load_tokenizer
-    from fedbiot_pl.quiet import no_library_progress_bars
+def fit_config(args: list[str]) -> tuple[list[str], Any]:
+    """``train.py fit`` arguments ``args`` as ``train.py`` reads them: ``(argv with the default config, config)``."""
+    from fedbiot_pl.cli import read_config, with_default_config
 
     argv = with_default_config(["fit", *args])
     files = [argv[i + 1] for i, arg in enumerate(argv) if arg in ("--config", "-c")]
     overrides = [arg for i, arg in enumerate(argv[1:], start=1)
                  if arg not in ("--config", "-c") and argv[i - 1] not in ("--config", "-c")]
-    config = read_config(files, overrides)
+    return argv, read_config(files, overrides)
+
+
+def export_for_args(args: list[str], out: str | Path, config: Any = None) -> str:
+    """Export the client model of ``train.py fit`` arguments ``args`` into ``out``; return its sha256.
+
+    ``config``: their config when the caller has read it already (:func:`fit_config`).
+    """
+    from fedbiot_pl.cli import config_views
+    from fedbiot_pl.flower.client_model import check_new_folder, export_client_model
+    from fedbiot_pl.flower.transport import flower_issues
+    from fedbiot_pl.model.location import load_tokenizer
+    from fedbiot_pl.quiet import no_library_progress_bars
+
+    config = fit_config(args)[1] if config is None else config
     views = config_views(config)
     issues = flower_issues(views.algorithm)
     if issues:
         raise ConfigError("; ".join(issues))
-    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-        raise ConfigError(f"{out} exists (a file, or a folder that is not empty); give a new folder for the client "
-                          "model.")
-    from fedbiot_pl.flower.client_model import export_client_model
-
+    check_new_folder(Path(out))  # before the full model loads
     with no_library_progress_bars():
         views.build()
         return export_client_model(views, load_tokenizer(config.data.tokenizer), out)

@@ -58,9 +58,8 @@ def engine_issues() -> list[str]:
 def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeout: float = 0.0,
               timeout: float = 3600.0, secagg: str = "") -> tuple[str, str]:
     """Run ``train.py fit`` with ``fit_args`` on a local Flower deployment; ``(final status, server log)``."""
-    from fedbiot_pl.cli import read_config, with_default_config
     from fedbiot_pl.flower.engine import LocalEngine, NodeSpec
-    from fedbiot_pl.flower.export import export_for_args
+    from fedbiot_pl.flower.export import export_for_args, fit_config
     from fedbiot_pl.flower.server_app import parse_secagg
 
     issues = engine_issues() + parse_secagg(secagg, "--flower-secagg")[1]
@@ -71,16 +70,13 @@ def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeo
             issues.append(f"{flag} must be a number of seconds {'>= 0' if low == 0 else '> 0'}, got {value!r}")
     if issues:
         raise ConfigError("; ".join(issues))
-    argv = with_default_config(["fit", *fit_args])
-    files = [argv[i + 1] for i, arg in enumerate(argv) if arg in ("--config", "-c")]
-    overrides = [arg for i, arg in enumerate(argv[1:], start=1)
-                 if arg not in ("--config", "-c") and argv[i - 1] not in ("--config", "-c")]
-    num_clients = int(read_config(files, overrides).data.num_clients)
+    argv, config = fit_config(fit_args)
+    num_clients = int(config.data.num_clients)
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = workdir / "client_model"
     if not (model_dir / "manifest.sha256").is_file():
         print(f"exporting the client model to {model_dir} ...", file=sys.stderr)
-        export_for_args(fit_args, model_dir)
+        export_for_args(fit_args, model_dir, config)
     nodes = [NodeSpec({"client-id": client, "model-dir": str(model_dir)}) for client in range(num_clients)]
     run_config = {"args": json.dumps(argv), "workdir": os.getcwd(), "model-dir": str(model_dir),
                   "min-nodes": num_clients, "round-timeout": round_timeout, "secagg": secagg}

@@ -1,9 +1,10 @@
-"""`fedbiot-flower-local`'s own flags: every bad value named at once, before anything is exported or started."""
+"""The Flower commands' own flags: every bad value named (exit code 2, no traceback) before any model loads."""
 
 import pytest
 
 pytest.importorskip("flwr")
 
+from fedbiot_pl.flower.export import main as export_main  # noqa: E402
 from fedbiot_pl.flower.local import main  # noqa: E402
 
 pytestmark = pytest.mark.flower
@@ -29,3 +30,15 @@ def test_a_negative_round_timeout_and_bad_secagg_settings_are_refused(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and "--flower-round-timeout must be a number of seconds >= 0, got -1.0" in err
     assert "--flower-secagg: num_shares=-1" in err and not (tmp_path / "w").exists()
+
+
+def test_export_refuses_an_out_that_is_a_file_or_a_folder_with_files(tmp_path, capsys):
+    for out in (tmp_path / "a_file", tmp_path / "full"):
+        (tmp_path / "full").mkdir(exist_ok=True)
+        (tmp_path / "full" / "x").write_text("")
+        (tmp_path / "a_file").write_text("")
+        assert export_main(["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out} exists (a file, or a folder that is not empty); give a new folder" in err, err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["x"]
