@@ -135,9 +135,11 @@ def export_model(model: str, algorithm: str, workdir: Path) -> Path:
     """
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model.split(":", 1)[-1]).name)
     folder = workdir / f"client_model_{slug}_{algorithm}"
-    if (folder / "manifest.sha256").is_file():
-        return folder
+    from fedbiot_pl.flower.client_model import is_exported
     from fedbiot_pl.flower.export import export_for_args
+
+    if is_exported(folder):
+        return folder
 
     args = ["--model.split.model", model]
     if algorithm != "fedbiot":
@@ -171,11 +173,13 @@ def measure(folder: Path, algorithm: str, repeats: int) -> dict[str, Any]:
     ratio = {"seconds": median["copy_load"]["seconds"] / median["mmap_load"]["seconds"],
              "rss": median["copy_load"]["rss_mb"] / median["mmap_load"]["rss_mb"]
              if median["mmap_load"]["rss_mb"] > 0 else float("inf")}
-    settings = json.loads((folder / "client_model.json").read_text())
+    from fedbiot_pl.flower.client_model import model_dir_size, read_settings
+
+    settings = read_settings(folder)
     return {"runs": runs, "median": median, "ratio_copy_over_mmap": ratio,
             "model_file_mb": (folder / "model.safetensors").stat().st_size / MB,
-            "model_folder_mb": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / MB,
-            "client_layers": settings["num_layers"], "dtype": settings["dtype"]}
+            "model_folder_mb": model_dir_size(folder) / MB,
+            "client_layers": settings.num_layers, "dtype": settings.dtype}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -197,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.child:
         print(json.dumps(child(args.child, args.folder, args.algorithm)))
         return None
+    load = os.getloadavg()[0]  # the machine's load: these timings scatter with it
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="flower_startup_"))
     try:
         started = time.perf_counter()
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             shutil.rmtree(workdir, ignore_errors=True)
     results.update(model=args.model, algorithm=args.algorithm, repeats=args.repeats,
                    export_seconds=export_seconds, omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+                   load_average_1min_at_start=load,
                    python=sys.version.split()[0])
     m = results["median"]
     print(f"model {args.model} ({args.algorithm}, {results['client_layers']} client layers, {results['dtype']}), "

@@ -60,6 +60,11 @@ class ClientModelSettings:
     layers: list[int] | None = None  # the full model's index of each layer (the layout's compressed layers)
 
 
+def is_exported(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an exported client model (its manifest is written last)."""
+    return (Path(folder) / MANIFEST).is_file()
+
+
 def check_new_folder(out: Path) -> None:
     """``ConfigError`` unless ``out`` is missing or an empty folder: a client model never overwrites anything."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -58,6 +58,7 @@ def engine_issues() -> list[str]:
 def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeout: float = 0.0,
               timeout: float = 3600.0, secagg: str = "") -> tuple[str, str]:
     """Run ``train.py fit`` with ``fit_args`` on a local Flower deployment; ``(final status, server log)``."""
+    from fedbiot_pl.flower.client_model import is_exported
     from fedbiot_pl.flower.engine import LocalEngine, NodeSpec
     from fedbiot_pl.flower.export import export_for_args, fit_config
     from fedbiot_pl.flower.server_app import parse_secagg
@@ -74,7 +75,7 @@ def run_local(fit_args: list[str], workdir: Path, tls: bool = False, round_timeo
     num_clients = int(config.data.num_clients)
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = workdir / "client_model"
-    if not (model_dir / "manifest.sha256").is_file():
+    if not is_exported(model_dir):
         print(f"exporting the client model to {model_dir} ...", file=sys.stderr)
         export_for_args(fit_args, model_dir, config)
     nodes = [NodeSpec({"client-id": client, "model-dir": str(model_dir)}) for client in range(num_clients)]
