@@ -173,6 +173,8 @@ def test_issues_lists_every_bad_value_at_once():
     for name in ("clip_norm=-1.0", "epsilon=nan", "delta=1.0", "calibration='gauss'"):
         assert sum(name in message for message in issues) == 1, name
     assert LocalDP(1.0, 0.5, 1e-5).issues() == []
+    booleans = LocalDP(clip_norm=True, epsilon=True, delta=1e-5).issues()  # type: ignore[arg-type]
+    assert [issue.split(" ")[0] for issue in booleans] == ["clip_norm=True", "epsilon=True"]
     with pytest.raises(ConfigError) as raised:
         _ = LocalDP(0.0, 0.0, 0.0).sigma
     assert all(name in str(raised.value) for name in ("clip_norm=0.0", "epsilon=0.0", "delta=0.0"))

@@ -120,6 +120,10 @@ def analytic_sigma(sensitivity: float, epsilon: float, delta: float, rel_tol: fl
     return hi * sensitivity
 
 
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # True is an int, not a setting
+
+
 @dataclass(frozen=True)
 class LocalDP:
     """Settings of the local Gaussian mechanism on one client upload (see the module docstring).
@@ -140,12 +144,12 @@ class LocalDP:
     def issues(self) -> list[str]:
         """Every bad value at once, each message naming the value and the fix (empty when all are fine)."""
         found = []
-        if not (isinstance(self.clip_norm, (int, float)) and 0 < self.clip_norm < math.inf):
+        if not (_real(self.clip_norm) and 0 < self.clip_norm < math.inf):
             found.append(
                 f"clip_norm={self.clip_norm!r} must be a finite number > 0: it bounds the L2 norm of the whole "
                 "LoRA update (e.g. clip_norm=1.0; look at the pre-clip norms in the privacy report)."
             )
-        if not (isinstance(self.epsilon, (int, float)) and 0 < self.epsilon < math.inf):
+        if not (_real(self.epsilon) and 0 < self.epsilon < math.inf):
             found.append(
                 f"epsilon={self.epsilon!r} must be a finite number > 0 (e.g. epsilon=1.0; smaller means more noise)."
             )
@@ -154,7 +158,7 @@ class LocalDP:
                 f"epsilon={self.epsilon!r} is >= 1, where the classic Gaussian calibration (Dwork & Roth Thm. A.1) "
                 'is not proved; use calibration="analytic" (exact for every epsilon) or an epsilon < 1.'
             )
-        if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
+        if not (_real(self.delta) and 0 < self.delta < 1):
             found.append(
                 f"delta={self.delta!r} must be strictly between 0 and 1 (e.g. delta=1e-5, well below 1/records)."
             )

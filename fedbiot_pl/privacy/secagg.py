@@ -110,7 +110,10 @@ class SecAggSettings:
         return _levels(num_examples, self.max_weight, self.quantization_range) / self.quantization_range
 
     def error_bound(self, num_examples: Sequence[int]) -> float:
-        """Largest per-value difference from the exact weighted mean: ``k * (2c/Q) / sum(w)`` (float64 uploads)."""
+        """Largest per-value difference from the mean weighted by :meth:`weight`: ``k * (2c/Q) / sum(w)``.
+
+        ``w`` are the weights rounded to ``1/Q`` (as the mod uses them), not the raw example counts; float64 uploads.
+        """
         return len(num_examples) * self.step / sum(self.weight(n) for n in num_examples)
 
     def shares_and_threshold(self, num_nodes: int) -> tuple[int, int]:
