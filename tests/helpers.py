@@ -12,6 +12,7 @@ import pytest
 
 from fedbiot_pl.algorithms import FedBiOT
 from fedbiot_pl.evaluation import sandbox
+from fedbiot_pl.flower.processes import free_port  # noqa: F401  (the gloo tests' port)
 from fedbiot_pl.model.views import ModelViews
 from fedbiot_pl.modules import EmulatorAlignmentModule
 
@@ -119,12 +120,3 @@ def train(save_dir: Path, config: Path, faults: list[dict], resume: bool) -> sub
             "--trainer.default_root_dir", str(save_dir), "--trainer.logger.init_args.save_dir", str(save_dir)]
     return subprocess.Popen(args + (["--ckpt_path", "last"] if resume else []), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def free_port() -> int:
-    """A TCP port free on this machine now (for a gloo process group in a two-process test)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
