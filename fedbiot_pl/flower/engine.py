@@ -498,6 +498,10 @@ class LocalEngine:
         Args:
             index: The node's position in ``nodes``. A node that is not running is left alone.
         """
+        self._kill_node(index)
+        self._kill_strays()
+
+    def _kill_node(self, index: int) -> None:
         proc = self._nodes.get(index)
         if proc is None or proc.poll() is not None:
             return
@@ -507,7 +511,6 @@ class LocalEngine:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
         _reap(list(below), timeout=10)
-        self._kill_strays()
 
     def _kill_strays(self) -> None:
         """Kill and reap what is left in the engine's process groups.
@@ -531,7 +534,7 @@ class LocalEngine:
             grace: Seconds between the SuperLink's SIGTERM and SIGKILL (it usually exits in well under 1 s).
         """
         for index in sorted(self._nodes):
-            self.kill_node(index)  # nodes keep no state worth a graceful exit (which takes them ~3 s)
+            self._kill_node(index)  # nodes keep no state worth a graceful exit (which takes them ~3 s)
         if self._superlink is not None:
             _terminate([self._superlink], grace)
         self._kill_strays()
